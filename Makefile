@@ -1,0 +1,43 @@
+# r1lab make targets. Every target sets up the virtual environment first (CPU torch by default).
+# GPU users: `make install TORCH_SPEC="torch==2.6.0" TORCH_INDEX=https://download.pytorch.org/whl/cu124`
+# (or install their CUDA torch into .venv first). Extra Hydra overrides go in ARGS="...".
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= dev,sweep
+ARGS ?=
+STAMP := $(VENV)/.r1lab-installed
+TRAIN := $(BIN)/python -m r1lab.train
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint sft clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP) ## create .venv and install r1lab with its dev extras (CPU torch unless TORCH_SPEC/TORCH_INDEX say otherwise)
+
+test: $(STAMP) ## run the whole test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## the test suite without the slow training tests
+	$(BIN)/python -m pytest -q -m "not slow and not ddp"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check src tests
+
+sft: $(STAMP) ## cold-start SFT of the tiny model on the tiny world (a few minutes on a CPU)
+	$(TRAIN) stage=sft $(ARGS)
+
+clean: ## remove outputs/ (all runs!) and caches
+	rm -rf outputs/* .pytest_cache .ruff_cache

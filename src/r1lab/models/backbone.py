@@ -1,0 +1,131 @@
+"""A backbone is what a stage trains: a causal LM and its tokenizer, from one config.
+
+``Backbone(tiny={...})`` builds a few-layer Llama or Qwen2 from a transformers config with random,
+seeded weights and the locally built tokenizer; ``Backbone(name_or_path=...)`` loads any Hugging Face
+causal LM (a hub id, or a local folder such as a previous stage's ``hf/`` export). The model is built
+lazily (``build_model``) so that Lightning's ``configure_model`` can create it under FSDP/DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from r1lab.models.tokenizer import build_tiny_tokenizer, load_tokenizer
+
+TINY_FAMILIES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_tokenizer(vocab_size: int):
+    return build_tiny_tokenizer(vocab_size)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+class Backbone:
+    """Config-built description of a causal LM; ``tokenizer`` is eager, ``build_model()`` is lazy.
+
+    Args:
+        name_or_path: Hugging Face hub id or local folder (exclusive with ``tiny``).
+        tiny: the tiny preset's architecture (``family``: llama|qwen2, ``hidden_size``,
+            ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``,
+            ``intermediate_size``, ``max_position_embeddings``, ``vocab_size``).
+        dtype: weights' dtype when loading (``float32``, ``bfloat16``, ``auto``); mixed precision is
+            the trainer's ``precision``.
+        seed: the tiny preset's init seed (independent of the run's seed, so sweeps over ``seed``
+            change the data order and sampling but start from the same weights).
+        gradient_checkpointing: trade compute for memory on real models.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        tiny: dict | None = None,
+        dtype: str = "float32",
+        attn_implementation: str | None = "sdpa",
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        if (name_or_path is None) == (tiny is None):
+            raise ValueError("backbone: set exactly one of backbone.name_or_path and backbone.tiny")
+        if dtype not in DTYPES:
+            raise ValueError(f"backbone.dtype: unknown dtype {dtype!r} (use one of {list(DTYPES)})")
+        if tiny is not None and tiny.get("family", "llama") not in TINY_FAMILIES:
+            raise ValueError(f"backbone.tiny.family: {tiny.get('family')!r} is not one of {list(TINY_FAMILIES)}")
+        if name_or_path is not None and Path(str(name_or_path)).suffix == "" and "/" not in str(name_or_path):
+            pass  # a bare hub id such as "gpt2" is fine
+        self.name_or_path = None if name_or_path is None else str(name_or_path)
+        self.tiny = dict(tiny) if tiny is not None else None
+        self.dtype = dtype
+        self.attn_implementation = attn_implementation
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
+        self.gradient_checkpointing = gradient_checkpointing
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            if self.tiny is not None:
+                self._tokenizer = _tiny_tokenizer(int(self.tiny.get("vocab_size", 512)))
+            else:
+                path = self.name_or_path
+                if Path(path).exists() and not (Path(path) / "config.json").exists():
+                    raise FileNotFoundError(
+                        f"backbone.name_or_path: {path} exists but holds no config.json (not a Hugging Face "
+                        "model folder; a stage's export is its run folder's hf/ subfolder)"
+                    )
+                self._tokenizer = load_tokenizer(path, trust_remote_code=self.trust_remote_code)
+            if self._tokenizer.pad_token is None:  # many causal LMs ship without one
+                self._tokenizer.pad_token = self._tokenizer.eos_token
+        return self._tokenizer
+
+    def model_config(self):
+        if self.tiny is None:
+            return AutoConfig.from_pretrained(self.name_or_path, trust_remote_code=self.trust_remote_code)
+        import transformers
+
+        arch = dict(self.tiny)
+        family = arch.pop("family", "llama")
+        arch.pop("vocab_size", None)
+        tok = self.tokenizer
+        config_cls = getattr(transformers, TINY_FAMILIES[family])
+        return config_cls(
+            vocab_size=len(tok),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            **arch,
+        )
+
+    def build_model(self) -> torch.nn.Module:
+        kwargs = {}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.tiny is not None:
+            config = self.model_config()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                model = AutoModelForCausalLM.from_config(config, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.name_or_path,
+                dtype=DTYPES[self.dtype],
+                trust_remote_code=self.trust_remote_code,
+                **kwargs,
+            )
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return model
+
+    def describe(self) -> str:
+        return self.name_or_path or f"tiny {self.tiny.get('family', 'llama')} {self.tiny}"

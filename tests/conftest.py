@@ -1,0 +1,59 @@
+"""Shared fixtures: the real Hydra configs composed at tiny scale, writing into tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# A tiny world small enough for tests: every split fills in milliseconds.
+TINY_DATA = [
+    "data.source.sizes={train:256,val:16,test:16}",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+]
+
+
+def compose_cfg(tmp_path: Path, overrides: list[str]):
+    """Compose conf/train.yaml with overrides, as the CLI would, with outputs under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, data: list[str] | None = None):
+        return compose_cfg(tmp_path, [*(TINY_DATA if data is None else data), *overrides])
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from r1lab.models import Backbone
+
+    return Backbone(
+        tiny=dict(family="llama", vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+                  tie_word_embeddings=True),
+    )
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_backbone):
+    return tiny_backbone.tokenizer

@@ -1,0 +1,57 @@
+import torch
+
+from r1lab.data.collate import Tokenized, left_pad
+from r1lab.rl.sampler import decode, sample, sequence_logprobs, token_logprobs
+
+
+def _prompts(tokenizer, texts):
+    tok = Tokenized(tokenizer, "r1_zero", 256, 64)
+    return left_pad([tok.prompt_ids(t) for t in texts], tokenizer.pad_token_id)
+
+
+def test_token_logprobs_by_hand():
+    logits = torch.tensor([[0.0, 1.0, 2.0]])
+    # log softmax at index 2 = 2 - log(1 + e + e^2) = 2 - 2.40761 = -0.40761
+    assert torch.allclose(token_logprobs(logits, torch.tensor([2])), torch.tensor([-0.407606]), atol=1e-5)
+    # temperature 2: logits/2 = [0, .5, 1] -> 1 - log(1 + 1.64872 + 2.71828) = 1 - 1.68027 = -0.68027
+    assert torch.allclose(token_logprobs(logits, torch.tensor([2]), 2.0), torch.tensor([-0.680269]), atol=1e-5)
+
+
+def test_sampled_logprobs_match_a_full_forward(tiny_backbone, tokenizer):
+    torch.manual_seed(0)
+    model = tiny_backbone.build_model().eval()
+    ids, mask = _prompts(tokenizer, ["What is 3 + 4?", "What is 13 + 24 - 7?", "Hi"])
+    for temperature in (1.0, 0.7):
+        g = torch.Generator().manual_seed(1)
+        r = sample(model, ids, mask, max_new_tokens=24, eos_id=tokenizer.eos_token_id,
+                   pad_id=tokenizer.pad_token_id, temperature=temperature, top_p=0.9, generator=g)
+        with torch.no_grad():
+            full = sequence_logprobs(model, ids, mask, r.completion_ids, r.completion_mask, temperature)
+        assert r.completion_mask.sum() > 10
+        assert torch.allclose(full, r.logprobs, atol=1e-4)
+        assert (r.logprobs[r.completion_mask == 0] == 0).all()
+
+
+def test_greedy_is_deterministic_and_padding_does_not_change_it(tiny_backbone, tokenizer):
+    model = tiny_backbone.build_model().eval()
+    kw = dict(max_new_tokens=12, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, greedy=True)
+    alone = sample(model, *_prompts(tokenizer, ["What is 3 + 4?"]), **kw)
+    batched = sample(model, *_prompts(tokenizer, ["What is 3 + 4?", "What is 13 + 24 - 7 + 1 + 2?"]), **kw)
+    n = int(alone.completion_mask.sum())
+    assert batched.completion_ids[0, :n].tolist() == alone.completion_ids[0, :n].tolist()
+
+
+def test_stops_when_every_row_ended(tiny_backbone, tokenizer):
+    model = tiny_backbone.build_model().eval()
+    with torch.no_grad():  # make EOS the argmax everywhere: every row ends after one token
+        model.lm_head.weight.data.zero_()
+        if model.lm_head.bias is not None:
+            model.lm_head.bias.data.zero_()
+        model.model.embed_tokens.weight.data[tokenizer.eos_token_id] = 0  # tied weights
+        model.lm_head.weight.data[tokenizer.eos_token_id] = 0
+    ids, mask = _prompts(tokenizer, ["a", "b c"])
+    model.lm_head.register_forward_hook(lambda m, i, o: o.index_fill(-1, torch.tensor([tokenizer.eos_token_id]), 50.0))
+    r = sample(model, ids, mask, max_new_tokens=20, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    assert r.completion_ids.shape == (2, 1)
+    assert r.truncated.tolist() == [False, False]
+    assert decode(tokenizer, r) == ["", ""]
