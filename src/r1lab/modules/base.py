@@ -1,0 +1,138 @@
+"""What every policy stage shares: the backbone, optimisers from partial configs, evaluation, export.
+
+SFT, GRPO and distillation subclass ``PolicyModule``; each adds its own ``training_step``. The model is
+created in ``configure_model`` so that sharded strategies (FSDP, DeepSpeed) can build it in place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric
+
+from r1lab.evaluation import METRICS, EvalConfig, evaluate_batch, examples_markdown
+from r1lab.models.backbone import Backbone
+from r1lab.models.tokenizer import save_tokenizer
+
+
+def export_hf(model: torch.nn.Module, tokenizer, path: str | Path, trainer=None) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face folder; under DDP/FSDP every rank calls this.
+
+    The full (unsharded) state dict is gathered to rank zero, which alone writes, so the export of a
+    sharded FSDP run loads like any other. (DeepSpeed ZeRO-3 needs its own gather: use ZeRO-2 or FSDP.)
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    path = Path(path)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    state = None
+    if distributed:
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainer is None or trainer.is_global_zero:
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+        save_tokenizer(tokenizer, path)
+    if trainer is not None:
+        trainer.strategy.barrier("r1lab-export-hf")
+    return path
+
+
+def _metric_key(name: str) -> str:
+    return name.replace("@", "_at_")
+
+
+class PolicyModule(L.LightningModule):
+    """Base of the policy stages.
+
+    Args:
+        backbone: the ``Backbone`` (model + tokenizer) this stage trains.
+        optimizer: a partial optimizer (``_partial_: true``), completed with the parameters here.
+        scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, or None.
+        evaluation: ``EvalConfig`` fields (generation settings of validation and test).
+    """
+
+    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, evaluation: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.eval_cfg = EvalConfig(**(evaluation or {}))
+        self.policy: torch.nn.Module | None = None
+        self.eval_metrics = torch.nn.ModuleDict(
+            {f"{split}_{_metric_key(m)}": MeanMetric() for split in ("val", "test") for m in METRICS}
+        )
+        self._examples: dict[str, list[dict]] = {}
+
+    # -- model ---------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = self.backbone.build_model()
+
+    def forward(self, **inputs):
+        return self.policy(**inputs)
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("module.optimizer is not set")
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _generator(self, split: str) -> torch.Generator:
+        seed = 1234 + 7919 * self.global_rank + (0 if split == "test" else self.global_step)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _eval_step(self, batch: dict, split: str) -> None:
+        scores, examples = evaluate_batch(self.policy, self.tokenizer, batch, self.eval_cfg, self._generator(split))
+        for name, values in scores.items():
+            key = f"{split}_{_metric_key(name)}"
+            if key in self.eval_metrics:
+                self.eval_metrics[key].update(values.to(self.device))
+        if not self._examples.get(split):
+            self._examples[split] = examples
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        logged = {}
+        for name in METRICS:
+            metric = self.eval_metrics[f"{split}_{_metric_key(name)}"]
+            if metric.update_called:
+                logged[f"{split}/{name}"] = metric.compute()
+            metric.reset()
+        if logged:
+            self.log_dict(logged, sync_dist=True)
+        self._log_text(f"{split}/completions", examples_markdown(self._examples.pop(split, [])))
+        return logged
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    @rank_zero_only
+    def _log_text(self, tag: str, text: str) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and text:
+                logger.experiment.add_text(tag, text, global_step=self.global_step)
+
+    # -- export --------------------------------------------------------------------------------
+    def export_hf(self, path: str | Path) -> Path:
+        """Save the policy and tokenizer in Hugging Face format (``from_pretrained`` loads it)."""
+        return export_hf(self.policy, self.tokenizer, path, self.trainer if self._trainer is not None else None)

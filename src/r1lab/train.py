@@ -1,0 +1,99 @@
+"""The entry point of every stage: ``python -m r1lab.train stage=<stage> [overrides]``.
+
+seed → backbone (model + tokenizer) → DataModule (connected to the tokenizer) → module → callbacks,
+loggers → trainer → fit → test → metrics.json; returns the metric a sweep optimises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("r1lab.train")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the key."""
+
+
+def build(cfg: DictConfig, key: str, **kwargs):
+    """``hydra.utils.instantiate`` with errors that name the config key at fault."""
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        raise ConfigError(f"{key}: missing from the config")
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except Exception as e:  # re-raised with the key; the original stays chained
+        cause = e.__cause__ if e.__cause__ is not None and type(e).__name__ == "InstantiationException" else e
+        raise ConfigError(f"{key}: {cause}") from e
+
+
+def _flat(cfg: DictConfig) -> dict:
+    """The resolved config as flat ``a/b/c -> scalar`` hyperparameters for TensorBoard."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}/{k}" if prefix else str(k))
+        elif isinstance(node, list):
+            out[prefix] = str(node)
+        else:
+            out[prefix] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False), "")
+    return {k: v for k, v in out.items() if not k.startswith(("hydra", "paths", "callbacks"))}
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train and/or test one stage as configured; returns the final metrics."""
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info(f"Backbone <{cfg.backbone._target_}>")
+    backbone = build(cfg, "backbone")
+    log.info(f"DataModule <{cfg.data._target_}> in mode {cfg.data.mode!r}")
+    datamodule = build(cfg, "data")
+    datamodule.connect(backbone.tokenizer)
+    log.info(f"Module <{cfg.module._target_}>")
+    module = build(cfg, "module", backbone=backbone)
+
+    callbacks = [build(cfg, f"callbacks.{name}") for name in (cfg.get("callbacks") or {})
+                 if cfg.callbacks[name] is not None]
+    loggers = [build(cfg, f"logger.{name}") for name in (cfg.get("logger") or {}) if cfg.logger[name] is not None]
+    log.info(f"Trainer <{cfg.trainer._target_}>")
+    trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(_flat(cfg))
+
+    if cfg.get("train"):
+        log.info("Training")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        log.info("Testing the final weights on the test split")
+        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else cfg.get("ckpt_path"))
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir) / "metrics.json"
+        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info(f"Metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The entry point with the real configs at tiny scale: composition, outputs, resume, errors, sweeps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from r1lab.models.tokenizer import load_tokenizer
+from r1lab.train import ConfigError, build, run
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = sorted(p.stem for p in (ROOT / "conf" / "stage").glob("*.yaml"))
+FAST = ["debug=fast", "callbacks.progress_bar=null"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_config_composes_and_instantiates(make_cfg, stage):
+    cfg = make_cfg(f"stage={stage}", *FAST)
+    backbone = build(cfg, "backbone")
+    datamodule = build(cfg, "data")
+    datamodule.connect(backbone.tokenizer)
+    datamodule.setup("fit")
+    module = build(cfg, "module", backbone=backbone)
+    trainer = build(cfg, "trainer", callbacks=[build(cfg, f"callbacks.{k}") for k in cfg.callbacks if cfg.callbacks[k]])
+    assert datamodule.mode == cfg.data.mode and trainer.max_steps == cfg.trainer.max_steps
+    assert module.tokenizer is backbone.tokenizer
+
+
+def _event_files(path: Path) -> list[Path]:
+    return list(path.rglob("events.out.tfevents.*"))
+
+
+def test_fast_run_writes_tensorboard_checkpoint_export_and_metrics(make_cfg, tmp_path):
+    cfg = make_cfg("stage=sft", *FAST)
+    metrics = run(cfg)
+    assert _event_files(tmp_path / "tb"), "no TensorBoard event file"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
+    for key in ("train/loss", "val/accuracy", "val/format", "test/accuracy", "test/pass@1", "test/maj@k"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0
+    # the Hugging Face export loads with plain transformers and holds the trained weights
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    trained = ckpt["state_dict"]["policy.model.layers.0.mlp.up_proj.weight"]
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, trained)
+    tok = load_tokenizer(str(tmp_path / "hf"))
+    assert tok.decode(tok("What is 3 + 4?").input_ids) == "What is 3 + 4?"
+
+
+def test_resume_continues_where_the_run_stopped(make_cfg, tmp_path):
+    first = make_cfg("stage=sft", *FAST, "test=false", "trainer.max_steps=4")
+    run(first)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    resumed = make_cfg("stage=sft", *FAST, "test=false", "trainer.max_steps=8", f"ckpt_path={last}")
+    run(resumed)
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["global_step"] == 8
+    # AdamW counted 8 updates: the optimizer state came back with the weights (a fresh start would say 4)
+    steps = {float(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {8.0}
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 8
+
+
+def test_bad_config_values_name_the_key(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="module: .*module.loss_on"):
+        run(make_cfg("stage=sft", *FAST, "module.loss_on=everything"))
+    with pytest.raises(ConfigError, match="ckpt_path: no checkpoint file"):
+        run(make_cfg("stage=sft", *FAST, f"ckpt_path={tmp_path}/nope.ckpt"))
+    with pytest.raises(ConfigError, match="data: .*data.mode"):
+        run(make_cfg("stage=sft", *FAST, "data.mode=ppo"))
+    with pytest.raises(hydra.errors.ConfigCompositionException):
+        make_cfg("stage=no_such_stage")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "r1lab.train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_multirun_sweep_writes_runs_named_by_their_overrides(tmp_path):
+    proc = _cli(["-m", "stage=sft", *FAST, "test=false", "trainer.max_steps=2", "data.source.sizes.train=64",
+                 f"paths.output_root={tmp_path}", "module.optimizer.lr=1e-3,3e-3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "sft" / "multiruns").iterdir()
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    common = "callbacks.progress_bar=null,data.source.sizes.train=64,debug=fast"
+    assert runs == [f"{common},module.optimizer.lr={lr},stage=sft,test=False,trainer.max_steps=2"
+                    for lr in ("0.001", "0.003")]
+    for name in runs:
+        assert _event_files(sweep / name / "tb")
+        assert (sweep / name / ".hydra" / "overrides.yaml").is_file()
+
+
+@pytest.mark.ddp
+def test_ddp_with_two_cpu_processes(tmp_path):
+    proc = _cli(["stage=sft", *FAST, "trainer=ddp_sim", "data.source.sizes.train=64",
+                 f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test/accuracy" in metrics and "train/loss" in metrics
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert (tmp_path / "run" / "hf" / "model.safetensors").is_file()
