@@ -1,0 +1,36 @@
+"""Rule-based rewards of DeepSeek-R1 (arXiv 2501.12948, §2.2.2 and §2.3.2).
+
+Every reward is a pure function ``(prompt, completion, reference) -> float`` that never raises on
+any completion; RewardSet adds them up with weights. REWARDS maps the short names a config may use.
+"""
+
+from r1lab.rewards.accuracy import accuracy_reward, accuracy_reward_math, extract_answer
+from r1lab.rewards.code import code_reward, run_sandboxed
+from r1lab.rewards.compose import RewardFunction, RewardSet
+from r1lab.rewards.format import format_reward_lenient, format_reward_strict, has_format
+from r1lab.rewards.language import language_consistency, language_consistency_reward
+
+REWARDS = {
+    "accuracy": accuracy_reward,
+    "accuracy_math": accuracy_reward_math,
+    "format": format_reward_strict,
+    "format_lenient": format_reward_lenient,
+    "language": language_consistency_reward,
+    "code": code_reward,
+}
+
+__all__ = [
+    "REWARDS",
+    "RewardFunction",
+    "RewardSet",
+    "accuracy_reward",
+    "accuracy_reward_math",
+    "code_reward",
+    "extract_answer",
+    "format_reward_lenient",
+    "format_reward_strict",
+    "has_format",
+    "language_consistency",
+    "language_consistency_reward",
+    "run_sandboxed",
+]
