@@ -59,3 +59,19 @@ def tiny_backbone():
 @pytest.fixture(scope="session")
 def tokenizer(tiny_backbone):
     return tiny_backbone.tokenizer
+
+
+POLICY_STAGES = ("base", "r1_zero", "sft", "grpo", "sft2", "grpo_rm")
+
+
+@pytest.fixture(scope="session")
+def pipeline_root(tmp_path_factory, tiny_backbone):
+    """An outputs/ root whose pipeline/tiny/<stage>/hf folders hold tiny exports, so that stage
+    configs that read the previous stage's export by name compose and instantiate in tests."""
+    from r1lab.modules.base import export_hf
+
+    root = tmp_path_factory.mktemp("outputs")
+    model = tiny_backbone.build_model()
+    for stage in POLICY_STAGES:
+        export_hf(model, tiny_backbone.tokenizer, root / "pipeline" / "tiny" / stage / "hf")
+    return root

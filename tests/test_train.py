@@ -20,8 +20,8 @@ FAST = ["debug=fast", "callbacks.progress_bar=null"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_every_stage_config_composes_and_instantiates(make_cfg, stage):
-    cfg = make_cfg(f"stage={stage}", *FAST)
+def test_every_stage_config_composes_and_instantiates(make_cfg, pipeline_root, stage):
+    cfg = make_cfg(f"stage={stage}", *FAST, f"paths.output_root={pipeline_root}")
     backbone = build(cfg, "backbone")
     datamodule = build(cfg, "data")
     datamodule.connect(backbone.tokenizer)

@@ -33,7 +33,7 @@ class Backbone:
     """Config-built description of a causal LM; ``tokenizer`` is eager, ``build_model()`` is lazy.
 
     Args:
-        name_or_path: Hugging Face hub id or local folder (exclusive with ``tiny``).
+        name_or_path: Hugging Face hub id or local folder; when set, ``tiny`` is ignored.
         tiny: the tiny preset's architecture (``family``: llama|qwen2, ``hidden_size``,
             ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``,
             ``intermediate_size``, ``max_position_embeddings``, ``vocab_size``).
@@ -54,14 +54,14 @@ class Backbone:
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
-        if (name_or_path is None) == (tiny is None):
-            raise ValueError("backbone: set exactly one of backbone.name_or_path and backbone.tiny")
+        if name_or_path is None and tiny is None:
+            raise ValueError("backbone: set backbone.name_or_path (a model to load) or backbone.tiny (random init)")
+        if name_or_path is not None:
+            tiny = None  # a saved model carries its own architecture
         if dtype not in DTYPES:
             raise ValueError(f"backbone.dtype: unknown dtype {dtype!r} (use one of {list(DTYPES)})")
         if tiny is not None and tiny.get("family", "llama") not in TINY_FAMILIES:
             raise ValueError(f"backbone.tiny.family: {tiny.get('family')!r} is not one of {list(TINY_FAMILIES)}")
-        if name_or_path is not None and Path(str(name_or_path)).suffix == "" and "/" not in str(name_or_path):
-            pass  # a bare hub id such as "gpt2" is fine
         self.name_or_path = None if name_or_path is None else str(name_or_path)
         self.tiny = dict(tiny) if tiny is not None else None
         self.dtype = dtype

@@ -1,0 +1,225 @@
+"""GRPO (DeepSeekMath arXiv 2402.03300 §4; DeepSeek-R1 arXiv 2501.12948 §2.2): R1-Zero and reasoning RL.
+
+One training step has one visible shape::
+
+    sample G completions per prompt (no grad)      -> score with the rewards -> group advantages
+    for epoch in range(μ): for mini-batch in shuffled(rollout):
+        for micro-batch: loss = grpo_loss(...); manual_backward
+        clip_gradients; optimizer.step; scheduler.step; zero_grad
+    log_dict(...)
+
+No value model. The per-token log-probs at sampling time are π_old (they matter once μ > 1 or the
+rollout is split into several mini-batches; with one step per rollout ρ = 1 in value, not in
+gradient). The frozen reference model exists only when β > 0 and can be reset to the policy every N
+rollouts (R1 resets it every 400 steps). Where this departs from the papers, the knob says so:
+clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO).
+
+Lightning's ``trainer.max_steps`` counts optimizer steps: μ × mini_batches per rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from r1lab.modules.base import PolicyModule
+from r1lab.rewards.compose import RewardSet
+from r1lab.rl import grpo_loss, group_advantages, masked_mean
+from r1lab.rl.sampler import decode, sample, sequence_logprobs
+
+
+class GRPO(PolicyModule):
+    """Args (besides ``PolicyModule``'s):
+        rewards: the ``RewardSet`` (rule rewards, and the neural reward model when configured).
+        group_size: G, completions per prompt (R1: 16; DeepSeekMath: 64).
+        num_iterations: μ, passes over each rollout (GRPO's sample reuse; R1: 1).
+        mini_batches: optimizer steps per pass over a rollout (R1: 16).
+        micro_batch_size: sequences per forward/backward (gradient accumulation; None = whole mini-batch).
+        max_new_tokens, temperature, top_p: rollout sampling (R1: temperature 1.0).
+        beta: KL coefficient (R1: 0.001; DeepSeekMath: 0.04); 0 drops the reference model.
+        kl_estimator: k1 | k2 | k3 (Schulman 2020; GRPO uses k3, in the loss).
+        ref_reset_every: copy the policy into the reference every N rollouts (R1: 400; 0 = never).
+        clip_low, clip_high: ε of the clipped ratio; clip_high > clip_low is DAPO's clip-higher.
+        advantage_scale: group (GRPO) | batch | none (Dr. GRPO, arXiv 2503.20783).
+        aggregation: seq_mean_token_mean (GRPO) | token_mean (DAPO, arXiv 2503.14476) |
+            seq_sum_norm (Dr. GRPO), each normalised over the whole mini-batch on all devices.
+        mask_truncated: leave completions without EOS out of the loss (DAPO's overlong filtering).
+        max_grad_norm: gradient clipping (manual optimisation clips here, not in the trainer).
+        seed: base seed of the rollout sampler (combined with the step and the rank).
+    """
+
+    def __init__(
+        self,
+        backbone,
+        optimizer=None,
+        scheduler=None,
+        evaluation: dict | None = None,
+        rewards: RewardSet | None = None,
+        group_size: int = 8,
+        num_iterations: int = 1,
+        mini_batches: int = 1,
+        micro_batch_size: int | None = None,
+        max_new_tokens: int = 96,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        beta: float = 0.04,
+        kl_estimator: str = "k3",
+        ref_reset_every: int = 0,
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        advantage_scale: str = "group",
+        aggregation: str = "seq_mean_token_mean",
+        mask_truncated: bool = False,
+        max_grad_norm: float | None = 1.0,
+        log_completions_every: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, evaluation)
+        if rewards is None:
+            raise ValueError("module.rewards: GRPO needs at least one reward function")
+        if group_size < 2:
+            raise ValueError(f"module.group_size: GRPO needs G >= 2 completions per prompt, got {group_size}")
+        if num_iterations < 1 or mini_batches < 1:
+            raise ValueError("module.num_iterations and module.mini_batches must be >= 1")
+        self.automatic_optimization = False
+        self.rewards = rewards
+        self.G, self.mu, self.mini_batches, self.micro_batch_size = group_size, num_iterations, mini_batches, micro_batch_size
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.beta, self.kl_estimator, self.ref_reset_every = beta, kl_estimator, ref_reset_every
+        self.clip_low, self.clip_high = clip_low, clip_high
+        self.advantage_scale, self.aggregation, self.mask_truncated = advantage_scale, aggregation, mask_truncated
+        self.max_grad_norm, self.log_completions_every, self.seed = max_grad_norm, log_completions_every, seed
+        self.reference: torch.nn.Module | None = None
+        self.rollouts_done = 0
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.beta > 0 and self.reference is None:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["grpo_rollouts_done"] = self.rollouts_done
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.rollouts_done = checkpoint.get("grpo_rollouts_done", 0)
+
+    # -- the three phases of a step ------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> dict:
+        """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks)."""
+        records = [r for r in batch["records"] for _ in range(self.G)]
+        prompt_ids = batch["prompt_ids"].repeat_interleave(self.G, 0)  # (B·G, P)
+        prompt_mask = batch["prompt_mask"].repeat_interleave(self.G, 0)
+        generator = torch.Generator(device=self.device).manual_seed(
+            self.seed * 1_000_003 + self.rollouts_done * 7919 + self.global_rank
+        )
+        self.policy.eval()
+        out = sample(self.policy, prompt_ids, prompt_mask, max_new_tokens=self.max_new_tokens,
+                     eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
+                     temperature=self.temperature, top_p=self.top_p, generator=generator)
+        self.policy.train()
+        mask = out.completion_mask.float()  # (B·G, T)
+        if self.mask_truncated:
+            mask = mask * (~out.truncated).float().unsqueeze(1)
+        ref_logp = None
+        if self.reference is not None:
+            ref_logp = sequence_logprobs(self.reference, prompt_ids, prompt_mask, out.completion_ids,
+                                         out.completion_mask, self.temperature)
+        return {
+            "records": records, "texts": decode(self.tokenizer, out), "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask, "completion_ids": out.completion_ids,
+            "completion_mask": out.completion_mask, "loss_mask": mask, "old_logp": out.logprobs,
+            "ref_logp": ref_logp, "truncated": out.truncated,
+        }
+
+    def score(self, roll: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        prompts = [r["prompt"] for r in roll["records"]]
+        total, per_function = self.rewards.score(prompts, roll["texts"], roll["records"])
+        return total.to(self.device).float(), {k: v.to(self.device).float() for k, v in per_function.items()}
+
+    def _global(self, value: torch.Tensor) -> torch.Tensor:
+        return self.trainer.strategy.reduce(value.float(), reduce_op="sum") if self.trainer.world_size > 1 else value.float()
+
+    def policy_update(self, roll: dict, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+        """μ passes over shuffled mini-batches; returns the mean of each loss metric."""
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        n = advantages.shape[0]
+        world = self.trainer.world_size
+        sums: dict[str, float] = {}
+        count = 0
+        generator = torch.Generator().manual_seed(self.seed + 31 * self.rollouts_done)
+        for _ in range(self.mu):
+            for mini in torch.randperm(n, generator=generator).chunk(self.mini_batches):
+                mask = roll["loss_mask"][mini]
+                # whole-mini-batch normalisers on all devices: the loss does not depend on the split
+                num_sequences = self._global(torch.tensor(float(len(mini)), device=self.device))
+                num_tokens = self._global(mask.sum()).clamp(min=1)
+                micro_size = self.micro_batch_size or len(mini)
+                for micro in mini.split(micro_size):
+                    logp, entropy = sequence_logprobs(
+                        self.policy, roll["prompt_ids"][micro], roll["prompt_mask"][micro],
+                        roll["completion_ids"][micro], roll["completion_mask"][micro], self.temperature,
+                        return_entropy=True,
+                    )
+                    loss, metrics = grpo_loss(
+                        logp, roll["old_logp"][micro], advantages[micro], roll["loss_mask"][micro],
+                        ref_logp=None if roll["ref_logp"] is None else roll["ref_logp"][micro],
+                        beta=self.beta, kl_estimator=self.kl_estimator, clip_low=self.clip_low,
+                        clip_high=self.clip_high, aggregation=self.aggregation, num_sequences=num_sequences,
+                        num_tokens=num_tokens, max_len=self.max_new_tokens,
+                    )
+                    # DDP averages gradients over ranks; the normalisers already cover all ranks.
+                    self.manual_backward(loss * world)
+                    metrics["entropy"] = masked_mean(entropy, roll["completion_mask"][micro].float())
+                    metrics["loss"] = loss.detach()
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                if self.max_grad_norm:
+                    self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if sched is not None:
+                    sched.step()
+        return {k: torch.tensor(v / count) for k, v in sums.items()}
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        if self.reference is not None and self.ref_reset_every and self.rollouts_done \
+                and self.rollouts_done % self.ref_reset_every == 0:
+            self.reference.load_state_dict(self.policy.state_dict())
+        roll = self.rollout(batch)
+        t_sample = time.perf_counter() - t0
+        rewards, per_function = self.score(roll)
+        advantages = group_advantages(rewards, self.G, scale=self.advantage_scale)  # (B·G,)
+        t_score = time.perf_counter() - t0 - t_sample
+        loss_metrics = self.policy_update(roll, advantages)
+        self.rollouts_done += 1
+        elapsed = time.perf_counter() - t0
+        lengths = roll["completion_mask"].sum(-1).float()
+        spread = rewards.view(-1, self.G).std(-1)
+        log = {
+            "train/reward": rewards.mean(), "train/reward_std": rewards.std(),
+            "train/zero_std_groups": (spread < 1e-6).float().mean(),
+            "train/completion_length": lengths.mean(), "train/completion_length_max": lengths.max(),
+            "train/truncated": roll["truncated"].float().mean(),
+            "train/tokens_per_s": torch.tensor(lengths.sum().item() / max(t_sample, 1e-9)),
+            "train/step_s": torch.tensor(elapsed), "train/sample_share": torch.tensor(t_sample / elapsed),
+            "train/score_share": torch.tensor(t_score / elapsed),
+        }
+        log |= {f"train/reward/{k}": v.mean() for k, v in per_function.items()}
+        for name in ("accuracy", "format", "language"):
+            if name in per_function:
+                log[f"train/{name}"] = per_function[name].mean()
+        log |= {f"train/{k}": v for k, v in loss_metrics.items()}
+        self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
+        self.log("train/rollout", float(self.rollouts_done), prog_bar=True)
+        if self.log_completions_every and (self.rollouts_done - 1) % self.log_completions_every == 0:
+            correct = per_function.get("accuracy", rewards)
+            rows = [{"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": float(c)}
+                    for r, t, c in zip(roll["records"][:: self.G], roll["texts"][:: self.G], correct[:: self.G])]
+            from r1lab.evaluation import examples_markdown
+
+            self._log_text("train/completions", examples_markdown(rows[:4]))
