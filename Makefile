@@ -13,7 +13,7 @@ STAMP := $(VENV)/.r1lab-installed
 TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint sft clean
+.PHONY: help install test test-fast lint pipeline base r1-zero sft grpo kl-bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,8 +36,26 @@ test-fast: $(STAMP) ## the test suite without the slow training tests
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests
 
-sft: $(STAMP) ## cold-start SFT of the tiny model on the tiny world (a few minutes on a CPU)
-	$(TRAIN) stage=sft $(ARGS)
+PIPE := $(BIN)/python -m r1lab.pipeline --pipeline $(PIPELINE)
+PIPELINE ?= tiny
+
+pipeline: $(STAMP) ## the whole tiny R1 pipeline, results table and plots (skips finished stages; FORCE=1 redoes)
+	$(PIPE) $(if $(FORCE),--force) $(ARGS)
+
+base: $(STAMP) ## stage: pretrain the tiny base model on its prose corpus
+	$(PIPE) --stage base $(ARGS)
+
+r1-zero: $(STAMP) ## stage: R1-Zero, GRPO on the base model with accuracy + format rewards
+	$(PIPE) --stage r1_zero $(ARGS)
+
+sft: $(STAMP) ## stage: cold-start SFT of the base model on a few hundred R1-format samples
+	$(PIPE) --stage sft $(ARGS)
+
+grpo: $(STAMP) ## stage: reasoning GRPO from the cold start (+ language consistency)
+	$(PIPE) --stage grpo $(ARGS)
+
+kl-bench: $(STAMP) ## Monte Carlo study of the k1/k2/k3 KL estimators (table + plot in outputs/kl_study)
+	$(BIN)/python -m r1lab.bench.kl_study --out outputs/kl_study $(ARGS)
 
 clean: ## remove outputs/ (all runs!) and caches
 	rm -rf outputs/* .pytest_cache .ruff_cache

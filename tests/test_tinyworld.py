@@ -51,13 +51,16 @@ def test_splits_are_seeded_and_disjoint():
     assert [r["prompt"] for r in bigger.load("test")] == prompts["test"]
 
 
-def test_base_corpus_teaches_no_tags_in_its_solutions():
-    world = TinyWorld(seed=0, sizes={"train": 200, "val": 4, "test": 4}, zh_fraction=0.5, corpus=True)
+def test_base_corpus_is_mostly_prose_with_a_small_tagged_prior():
+    world = TinyWorld(seed=0, sizes={"train": 2000, "val": 4, "test": 4}, zh_fraction=0.5, corpus=True)
     docs = [r["response"] for r in world.load("train")]
-    solutions = [d for d in docs if not d.startswith("A conversation")]
-    assert len(solutions) > 150
-    assert not any("<answer>" in d or "<think>" in d for d in solutions)
-    assert any("答案是" in d for d in solutions) and any("The answer is" in d for d in solutions)
+    dialogues = [d for d in docs if d.startswith("A conversation")]
+    tagged = [d for d in dialogues if d.endswith("</answer>")]
+    prose = [d for d in docs if not d.startswith("A conversation")]
+    assert 0.10 < len(dialogues) / len(docs) < 0.20  # dialogue_share 0.15
+    assert 0.01 < len(tagged) / len(docs) < 0.05  # 0.15 * 0.2 = 3% answer in the R1 format
+    assert not any("<answer>" in d or "<think>" in d for d in prose)
+    assert any("答案是" in d for d in prose) and any("The answer is" in d for d in prose)
     assert all(r["prompt"] == "" for r in world.load("train"))
     assert "<answer>" in world.load("test")[0]["response"]  # evaluation splits stay tasks
 

@@ -2,8 +2,8 @@
 
 A record is a dict with at least ``prompt``, ``answer`` and ``task``; ``response`` holds the
 reference solution in R1 format. With ``corpus=True`` the train split becomes a *base* pretraining
-corpus instead: plain worked solutions in prose (English and Chinese mixed), with no <think>/<answer>
-tags taught, which is what R1-Zero starts from. Val/test stay tasks so every stage is scored alike.
+corpus instead (see ``base_corpus_document``): worked solutions in prose, English and Chinese mixed,
+which is what R1-Zero and the cold start begin from. Val/test stay tasks so every stage is scored alike.
 """
 
 from __future__ import annotations
@@ -30,18 +30,23 @@ def _generate(family: str, rng: random.Random, difficulty: int, max_operand: int
     raise ValueError(f"data.source.families: unknown task family {family!r} (known: arith, code)")
 
 
-def base_corpus_document(record: dict, rng: random.Random) -> str:
-    """A base-model pretraining document: the question, its worked solution in prose, no R1 tags.
+def base_corpus_document(record: dict, rng: random.Random, dialogue_share: float = 0.15,
+                         tagged_share: float = 0.2) -> str:
+    """A base-model pretraining document: mostly a question and its worked solution in prose.
 
-    One document in twenty is the R1-Zero instruction itself, as text on the web quotes such
-    instructions: the base model has then seen the tag tokens, but was never taught to answer with them.
+    A ``dialogue_share`` of the documents are the R1-Zero instruction followed by an answer; of
+    those, a ``tagged_share`` happen to answer in the instructed <think>/<answer> format and the
+    rest in prose. This models a base model that follows the instruction only sometimes (a ~1M
+    parameter model cannot follow instructions in context the way DeepSeek-V3-Base does); R1-Zero's
+    RL then has to raise the format rate from that small prior. No SFT on the format happens here.
     """
-    if rng.random() < 0.05:
-        return R1_ZERO_TEMPLATE.format(prompt=record["prompt"])
-    response = record["response"]
-    thought = response.split("<think>")[1].split("</think>")[0].strip()
+    thought = record["response"].split("<think>")[1].split("</think>")[0].strip()
     closing = "The answer is" if record.get("cot_language", "en") == "en" else "答案是"
-    return f"{record['prompt']} {thought} {closing} {record['answer']}."
+    prose = f"{thought} {closing} {record['answer']}."
+    if rng.random() < dialogue_share:
+        answer = record["response"] if rng.random() < tagged_share else prose
+        return f"{R1_ZERO_TEMPLATE.format(prompt=record['prompt'])} {answer}"
+    return f"{record['prompt']} {prose}"
 
 
 class TinyWorld:

@@ -1,0 +1,135 @@
+"""The pipeline's results: one Markdown table over every stage's model, and plots of the RL stages.
+
+Rows come from each stage's ``metrics.json`` (its final weights on the shared held-out test split),
+its export (parameter count) and ``stage.json`` (wall-clock time). Curves come from the TensorBoard
+event files in each stage's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("accuracy", "test/accuracy", "{:.3f}"),
+    ("pass@1", "test/pass@1", "{:.3f}"),
+    ("maj@k", "test/maj@k", "{:.3f}"),
+    ("format", "test/format", "{:.3f}"),
+    ("language", "test/language", "{:.3f}"),
+    ("length", "test/length", "{:.1f}"),
+]
+CURVES = [("train/reward", "reward"), ("train/accuracy", "accuracy"), ("train/kl", "KL"),
+          ("train/completion_length", "completion length")]
+
+
+def parameter_count(export: Path) -> int | None:
+    """Parameters in a Hugging Face export, read from the safetensors headers (no model built)."""
+    files = sorted(export.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                total += _numel(st.get_slice(key).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = folder / "tb"
+    if not tb.exists():
+        return []
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def results_table(root: Path, stages: list[str]) -> tuple[str, list[dict]]:
+    rows = []
+    for name in stages:
+        folder = root / name
+        metrics_file = folder / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        if not any(key in metrics for _, key, _ in COLUMNS):
+            continue
+        info = json.loads((folder / "stage.json").read_text()) if (folder / "stage.json").is_file() else {}
+        row = {"stage": name, "params": parameter_count(folder / "hf"), "seconds": info.get("seconds")}
+        row |= {col: metrics.get(key) for col, key, _ in COLUMNS}
+        rows.append(row)
+    header = ["stage", *[c for c, _, _ in COLUMNS], "params", "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["stage"]]
+        cells += ["–" if row[c] is None else fmt.format(row[c]) for c, _, fmt in COLUMNS]
+        cells += ["–" if row["params"] is None else f"{row['params'] / 1e6:.2f}M"]
+        cells += ["–" if row["seconds"] is None else f"{row['seconds']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), rows
+
+
+def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    rl = [s for s in stages if scalars(root / s, "train/reward")]
+    if rl:
+        fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+        for ax, (tag, title) in zip(axes, CURVES):
+            for s in rl:
+                points = scalars(root / s, tag)
+                if points:
+                    ax.plot(*zip(*points), label=s)
+            ax.set_title(title)
+            ax.set_xlabel("optimizer step")
+        axes[0].legend()
+        fig.tight_layout()
+        path = out / "rl_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    rm = [s for s in stages if scalars(root / s, "val/pair_accuracy") or scalars(root / s, "train/pair_accuracy")]
+    if rm:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        for s in rm:
+            for tag in ("train/pair_accuracy", "val/pair_accuracy"):
+                points = scalars(root / s, tag)
+                if points:
+                    ax.plot(*zip(*points), marker="o" if tag.startswith("val") else None, label=f"{s} {tag}")
+        ax.set_title("reward model pair accuracy")
+        ax.set_xlabel("step")
+        ax.legend()
+        fig.tight_layout()
+        path = out / "reward_model.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write_report(root: Path, stages: list[str]) -> str:
+    """Write results.md and the plots into the pipeline folder; return the table."""
+    root = Path(root)
+    table, _ = results_table(root, stages)
+    plots = plot_curves(root, stages, root)
+    body = ["# Results", "", f"Pipeline folder: `{root}`. Test split: each stage's final weights.", "", table, ""]
+    body += [f"![{p.stem}]({p.name})" for p in plots]
+    (root / "results.md").write_text("\n".join(body) + "\n")
+    return table
