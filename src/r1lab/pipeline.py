@@ -57,12 +57,18 @@ def load_pipeline(name_or_path: str) -> dict:
 
 
 def _command(stage: Stage, pipeline: dict, root: Path, folder: Path, extra: list[str]) -> list[str]:
-    fill = {"dir": str(root), "python": sys.executable, "out": str(folder)}
+    fill = {"{dir}": str(root), "{python}": sys.executable, "{out}": str(folder)}
+
+    def expand(arg: str) -> str:  # only these placeholders: arguments may hold other braces
+        for key, value in fill.items():
+            arg = arg.replace(key, value)
+        return arg
+
     if stage.train is not None:
-        args = [a.format(**fill) for a in stage.train] + pipeline["overrides"] + extra
+        args = [expand(a) for a in stage.train] + pipeline["overrides"] + extra
         return [sys.executable, "-m", "r1lab.train", *args, f"pipeline={pipeline['name']}",
                 f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
-    return [a.format(**fill) for a in stage.run]
+    return [expand(a) for a in stage.run]
 
 
 def run_stage(stage: Stage, pipeline: dict, root: Path, force: bool = False, extra: list[str] | None = None) -> str:

@@ -264,13 +264,22 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser.add_argument("--out", type=Path, default=Path("outputs/kl_study"))
     parser.add_argument("--policy-logits", type=Path, help="torch-saved policy logits (..., V)")
     parser.add_argument("--ref-logits", type=Path, help="torch-saved reference logits (..., V)")
+    parser.add_argument("--policy", help="a policy export (hf folder) whose samples and logits to study")
+    parser.add_argument("--reference", help="its reference model's export (e.g. the stage it started from)")
     parser.add_argument("--token-samples", type=int, default=1000, help="tokens drawn per position")
     parser.add_argument("--max-positions", type=int, default=2048, help="positions kept (random subset)")
     args = parser.parse_args(argv)
     if (args.policy_logits is None) != (args.ref_logits is None):
         parser.error("--policy-logits and --ref-logits go together")
+    if (args.policy is None) != (args.reference is None):
+        parser.error("--policy and --reference go together")
 
-    if args.policy_logits is not None:
+    if args.policy is not None:
+        from r1lab.bench.kl_tokens import capture_logits
+
+        policy, ref = capture_logits(args.policy, args.reference, seed=args.seed)
+        case = "GRPO policy‖reference"
+    elif args.policy_logits is not None:
         policy = torch.load(args.policy_logits, map_location="cpu")
         ref = torch.load(args.ref_logits, map_location="cpu")
         case = "policy‖ref"

@@ -1,0 +1,221 @@
+"""GRPO step benchmark on the tiny model: ``python -m r1lab.bench.grpo_bench`` (``make bench-grpo``).
+
+A fixed workload (below) runs in its own process through r1lab's GRPO module and, when ``trl`` is
+installed (the ``bench`` extra), through TRL's ``GRPOTrainer`` in a second process with the same model,
+prompts, G, lengths, β, fp32 and thread count. Each worker prints seconds per step (median after a
+warm-up step), sampled tokens per second, peak resident memory and, for r1lab, the share of the step
+spent sampling; r1lab's step is also compared with the bare model work it contains (a cached decode
+of the same length, one policy forward+backward and one reference forward over the same sequences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORKLOAD = {
+    "prompts_per_step": 8,
+    "group_size": 8,
+    "max_new_tokens": 64,
+    "beta": 0.04,
+    "kl_estimator": "k3",
+    "lr": 1e-5,
+    "steps": 6,  # the first is a warm-up and is not counted
+    "threads": 2,
+    "template": "chat",
+}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _tiny_export(path: Path) -> Path:
+    """The tiny backbone with its seeded random weights, saved as a Hugging Face folder."""
+    from r1lab.models import Backbone
+    from r1lab.modules.base import export_hf
+
+    backbone = Backbone(tiny=dict(family="llama", vocab_size=512, hidden_size=128, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
+                                  max_position_embeddings=512, tie_word_embeddings=True))
+    return export_hf(backbone.build_model(), backbone.tokenizer, path)
+
+
+def _prompts(tokenizer, n: int) -> list[dict]:
+    from r1lab.data.tinyworld import TinyWorld
+
+    return TinyWorld(sizes={"train": n, "val": 0, "test": 0}).load("train")
+
+
+def run_r1lab(model_dir: str, w: dict) -> dict:
+    import lightning as L
+    import torch
+
+    from r1lab.data import R1DataModule
+    from r1lab.data.tinyworld import TinyWorld
+    from r1lab.models import Backbone
+    from r1lab.modules.grpo import GRPO
+    from r1lab.rewards import RewardSet
+    from r1lab.rl.sampler import sample, sequence_logprobs
+
+    torch.set_num_threads(w["threads"])
+    backbone = Backbone(name_or_path=model_dir, dtype="float32")
+    n_prompts = w["prompts_per_step"] * w["steps"]
+    dm = R1DataModule(TinyWorld(sizes={"train": n_prompts, "val": 0, "test": 0}), mode="rl", template=w["template"],
+                      system_prompt="", batch_size=w["prompts_per_step"])
+    dm.connect(backbone.tokenizer)
+    module = GRPO(backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=w["lr"]),
+                  rewards=RewardSet(functions={"accuracy": "accuracy", "format": "format"}),
+                  group_size=w["group_size"], max_new_tokens=w["max_new_tokens"], beta=w["beta"],
+                  kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0})
+    times, samples, tokens = [], [], []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, *args):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args):
+            times.append(time.perf_counter() - self.t)
+            metrics = trainer.callback_metrics
+            samples.append(float(metrics["train/sample_share"]))
+            tokens.append(float(metrics["train/completion_length"]) * w["prompts_per_step"] * w["group_size"])
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=w["steps"], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[Clock()])
+    trainer.fit(module, datamodule=dm)
+    step = statistics.median(times[1:])
+
+    # The bare model work inside one step, on the same shapes.
+    batch = next(iter(dm.train_dataloader()))
+    ids = batch["prompt_ids"].repeat_interleave(w["group_size"], 0)
+    mask = batch["prompt_mask"].repeat_interleave(w["group_size"], 0)
+    policy, tok = module.policy, backbone.tokenizer
+    t0 = time.perf_counter()
+    roll = sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1, pad_id=tok.pad_token_id)
+    decode_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    logp = sequence_logprobs(policy, ids, mask, roll.completion_ids, roll.completion_mask)
+    logp.sum().backward()
+    fwd_bwd_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        sequence_logprobs(module.reference, ids, mask, roll.completion_ids, roll.completion_mask)
+    ref_s = time.perf_counter() - t0
+    bare = decode_s + fwd_bwd_s + ref_s
+    return {"framework": "r1lab", "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
+            "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
+            "bare_model_work_s": bare, "overhead_vs_bare": step / bare}
+
+
+def run_trl(model_dir: str, w: dict) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lab.data.templates import render_prompt
+    from r1lab.models.tokenizer import load_tokenizer
+    from r1lab.rewards import accuracy_reward, format_reward_strict
+
+    torch.set_num_threads(w["threads"])
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"
+    records = _prompts(tok, w["prompts_per_step"] * w["steps"])
+    data = datasets.Dataset.from_list([{"prompt": render_prompt(r["prompt"], w["template"], tok, ""),
+                                        "answer": r["answer"]} for r in records])
+
+    def accuracy(completions, answer, **kw):
+        return [accuracy_reward("", c, {"answer": a}) for c, a in zip(completions, answer)]
+
+    def fmt(completions, **kw):
+        return [format_reward_strict("", c, {}) for c in completions]
+
+    times, tokens = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *args, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *args, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                tokens.append(logs["completions/mean_length"] * w["prompts_per_step"] * w["group_size"])
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+            per_device_train_batch_size=w["prompts_per_step"] * w["group_size"], num_generations=w["group_size"],
+            gradient_accumulation_steps=1, max_completion_length=w["max_new_tokens"], beta=w["beta"],
+            learning_rate=w["lr"], max_steps=w["steps"], temperature=1.0, loss_type="grpo", num_iterations=1,
+            seed=0, dataloader_num_workers=0,
+        )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, fmt], args=cfg, train_dataset=data,
+                              processing_class=tok, callbacks=[Clock()])
+        trainer.train()
+    step = statistics.median(times[1:])
+    per_step_tokens = statistics.median(tokens[1:]) if len(tokens) > 1 else float("nan")
+    return {"framework": "trl", "step_s": step, "tokens_per_s": per_step_tokens / step, "peak_mb": _peak_mb()}
+
+
+def _worker(kind: str, model_dir: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(WORKLOAD["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "r1lab.bench.grpo_bench", "--worker", kind, "--model", model_dir],
+                          env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo.json"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, WORKLOAD)
+        print(json.dumps(result))
+        return result
+
+    print("workload: " + ", ".join(f"{k}={v}" for k, v in WORKLOAD.items()), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(_tiny_export(Path(tmp) / "tiny"))
+        results = {"workload": WORKLOAD, "r1lab": _worker("r1lab", model_dir)}
+        try:
+            import trl  # noqa: F401
+
+            have_trl = not args.no_trl
+        except ImportError:
+            have_trl = False
+            print("trl is not installed (pip install -e '.[bench]'): no comparison")
+        if have_trl:
+            results["trl"] = _worker("trl", model_dir)
+    r = results["r1lab"]
+    print(f"r1lab: {r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} sampled tokens/s, peak {r['peak_mb']:.0f} MB, "
+          f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}")
+    if "trl" in results:
+        t = results["trl"]
+        results["speedup_vs_trl"] = t["step_s"] / r["step_s"]
+        print(f"trl:   {t['step_s']:.3f} s/step, {t['tokens_per_s']:.0f} sampled tokens/s, peak {t['peak_mb']:.0f} MB")
+        print(f"r1lab is {results['speedup_vs_trl']:.2f}x faster per step than TRL on this workload")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
