@@ -2,7 +2,6 @@ import json
 
 import pytest
 
-
 from r1lab.data import R1DataModule
 from r1lab.data.collate import IGNORE, Collator, Tokenized
 from r1lab.data.sources import DataError, FileSource

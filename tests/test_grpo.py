@@ -160,7 +160,8 @@ def test_grpo_under_ddp_with_two_cpu_processes(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
-    args = ["stage=grpo", "backbone=tiny", "backbone.name_or_path=null", "debug=fast", "trainer=ddp_sim", "callbacks.progress_bar=null",
+    args = ["stage=grpo", "backbone=tiny", "backbone.name_or_path=null", "debug=fast", "trainer=ddp_sim",
+            "callbacks.progress_bar=null",
             "data.source.sizes={train:64,val:8,test:8}", "module.group_size=2", "module.max_new_tokens=8",
             f"hydra.run.dir={tmp_path}/run"]
     proc = subprocess.run([sys.executable, "-m", "r1lab.train", *args], cwd=tmp_path, env=env,

@@ -45,7 +45,7 @@ def test_sft_overfits_a_tiny_batch(tiny_backbone, tokenizer):
     opt = module.configure_optimizers()
     batch = _batch(tokenizer)
     losses = []
-    for step in range(100):
+    for _ in range(100):
         logits = module.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, _ = response_cross_entropy(logits, batch["labels"])
         losses.append(loss.item())

@@ -55,7 +55,8 @@ def evaluate_batch(model, tokenizer, batch: dict, cfg: EvalConfig, generator=Non
     """Metrics per prompt (each a (B,) float tensor) and a few example rows for the text log."""
     records = batch["records"]
     prompts = [r["prompt"] for r in records]
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_token_id,
+                  pad_id=tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
     greedy = sample(model, batch["prompt_ids"], batch["prompt_mask"], greedy=True, **kwargs)
@@ -73,9 +74,10 @@ def evaluate_batch(model, tokenizer, batch: dict, cfg: EvalConfig, generator=Non
         correct = torch.tensor([accuracy_reward(r["prompt"], c, r) for r, c in zip(rep, sampled_texts)])
         out["pass@1"] = correct.view(-1, cfg.k).mean(-1)
         votes = [majority_answer(sampled_texts[i * cfg.k : (i + 1) * cfg.k]) for i in range(len(records))]
-        out["maj@k"] = torch.tensor(
-            [0.0 if v is None else accuracy_reward(r["prompt"], f"<answer> {v} </answer>", r) for v, r in zip(votes, records)]
-        )
+        out["maj@k"] = torch.tensor([
+            0.0 if v is None else accuracy_reward(r["prompt"], f"<answer> {v} </answer>", r)
+            for v, r in zip(votes, records)
+        ])
     if was_training:
         model.train()
     examples = [

@@ -26,7 +26,7 @@ import torch
 
 from r1lab.modules.base import PolicyModule
 from r1lab.rewards.compose import RewardSet
-from r1lab.rl import grpo_loss, group_advantages, masked_mean
+from r1lab.rl import group_advantages, grpo_loss, masked_mean
 from r1lab.rl.sampler import decode, sample, sequence_logprobs
 
 
@@ -85,7 +85,8 @@ class GRPO(PolicyModule):
             raise ValueError("module.num_iterations and module.mini_batches must be >= 1")
         self.automatic_optimization = False
         self.rewards = rewards
-        self.G, self.mu, self.mini_batches, self.micro_batch_size = group_size, num_iterations, mini_batches, micro_batch_size
+        self.G, self.mu = group_size, num_iterations
+        self.mini_batches, self.micro_batch_size = mini_batches, micro_batch_size
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.beta, self.kl_estimator, self.ref_reset_every = beta, kl_estimator, ref_reset_every
         self.clip_low, self.clip_high = clip_low, clip_high
@@ -140,7 +141,9 @@ class GRPO(PolicyModule):
         return total.to(self.device).float(), {k: v.to(self.device).float() for k, v in per_function.items()}
 
     def _global(self, value: torch.Tensor) -> torch.Tensor:
-        return self.trainer.strategy.reduce(value.float(), reduce_op="sum") if self.trainer.world_size > 1 else value.float()
+        if self.trainer.world_size == 1:
+            return value.float()
+        return self.trainer.strategy.reduce(value.float(), reduce_op="sum")
 
     def policy_update(self, roll: dict, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
         """μ passes over shuffled mini-batches; returns the mean of each loss metric."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from r1lab.data.tinyworld.arithmetic import generate_arithmetic_task
 from r1lab.data.templates import R1_ZERO_TEMPLATE
+from r1lab.data.tinyworld.arithmetic import generate_arithmetic_task
 
 SPLITS = ("train", "val", "test")
 
