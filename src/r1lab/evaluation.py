@@ -90,6 +90,7 @@ def evaluate_batch(model, tokenizer, batch: dict, cfg: EvalConfig, generator=Non
 def examples_markdown(examples: list[dict]) -> str:
     rows = ["| prompt | completion | answer | correct |", "|---|---|---|---|"]
     for e in examples:
-        cells = [str(e[k]).replace("|", "\\|").replace("\n", " ") for k in ("prompt", "completion", "answer", "correct")]
+        keys = ("prompt", "completion", "answer", "correct")
+        cells = [str(e[k]).replace("|", "\\|").replace("\n", " ") for k in keys]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
