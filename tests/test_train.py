@@ -110,3 +110,19 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert "test/accuracy" in metrics and "train/loss" in metrics
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     assert (tmp_path / "run" / "hf" / "model.safetensors").is_file()
+
+
+def test_hf_backbone_on_an_external_jsonl_data_set(make_cfg, pipeline_root, tmp_path):
+    """The real-model path: a Hugging Face folder as backbone, a GSM8K-layout JSONL as data."""
+    from r1lab.data.tinyworld.export import export_jsonl
+
+    files = export_jsonl(tmp_path / "data", {"train": 48, "test": 8}, layout="gsm8k")
+    cfg = make_cfg(
+        "stage=sft", *FAST, "backbone=hf", f"backbone.name_or_path={pipeline_root}/pipeline/tiny/sft/hf",
+        "backbone.dtype=float32", "data=gsm8k", f"data.source.train={files['train']}",
+        f"data.source.test={files['test']}", "data.source.val_size=8", "data.source.fields.response=solution",
+        "data.num_workers=0", data=[],
+    )
+    metrics = run(cfg)
+    assert metrics["train/loss"] > 0 and 0.0 <= metrics["test/accuracy"] <= 1.0
+    assert (tmp_path / "hf" / "config.json").is_file()
