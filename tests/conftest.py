@@ -70,8 +70,13 @@ def pipeline_root(tmp_path_factory, tiny_backbone):
     configs that read the previous stage's export by name compose and instantiate in tests."""
     from r1lab.modules.base import export_hf
 
+    from r1lab.data.tinyworld.export import export_jsonl
+
     root = tmp_path_factory.mktemp("outputs")
     model = tiny_backbone.build_model()
     for stage in POLICY_STAGES:
         export_hf(model, tiny_backbone.tokenizer, root / "pipeline" / "tiny" / stage / "hf")
+    # the rejection-sampled SFT set that sft2 reads (the tiny world's reference solutions stand in)
+    data = export_jsonl(root / "pipeline" / "tiny" / "sft_data" / "v1", {"train": 32}, layout="r1lab")
+    data["train"].rename(data["train"].with_name("data.jsonl"))
     return root

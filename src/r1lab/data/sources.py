@@ -173,3 +173,29 @@ class HubSource(FileSource):
 
     def describe(self) -> str:
         return f"hub data set {self.name} ({self.config})"
+
+
+class MixedSource:
+    """The train split from one source, val and test from another.
+
+    SFT round 2 (R1 §2.3.3) trains on a rejection-sampled JSONL (a ``FileSource``) and is evaluated
+    on the tiny world's val/test splits like every other stage (a ``TinyWorld``).
+
+    Args:
+        train: the source of the train split.
+        eval: the source of the val and test splits.
+        sizes: the most records to take per split (a missing split or None = all), the same knob
+            as ``TinyWorld(sizes=...)``, so the tiny-world overrides of the tests apply here too.
+    """
+
+    def __init__(self, train, eval, sizes: Mapping[str, int | None] | None = None) -> None:
+        self.train, self.eval = train, eval
+        self.sizes = dict(sizes or {})
+
+    def load(self, split: str, required: tuple[str, ...] = ("prompt",)) -> list[dict]:
+        records = (self.train if split == "train" else self.eval).load(split, required)
+        cap = self.sizes.get(split)
+        return records if cap is None else records[:cap]
+
+    def describe(self) -> str:
+        return f"train: {self.train.describe()}; val/test: {self.eval.describe()}"

@@ -72,7 +72,7 @@ class PolicyModule(L.LightningModule):
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.policy is None:
-            self.policy = self.backbone.build_model()
+            self.policy = self.backbone.build_model().train()  # from_pretrained returns eval mode
 
     def forward(self, **inputs):
         return self.policy(**inputs)
