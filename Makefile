@@ -13,7 +13,8 @@ STAMP := $(VENV)/.r1lab-installed
 TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint pipeline base r1-zero sft grpo kl-bench clean
+.PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm \
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,6 +54,42 @@ sft: $(STAMP) ## stage: cold-start SFT of the base model on a few hundred R1-for
 
 grpo: $(STAMP) ## stage: reasoning GRPO from the cold start (+ language consistency)
 	$(PIPE) --stage grpo $(ARGS)
+
+sft-data: $(STAMP) ## stage: rejection sampling of the GRPO policy into a versioned SFT set
+	$(PIPE) --stage sft_data $(ARGS)
+
+sft2: $(STAMP) ## stage: SFT round 2 of the base model on the rejection-sampled set
+	$(PIPE) --stage sft2 $(ARGS)
+
+preferences: $(STAMP) ## stage: preference pairs sampled from the SFT-2 policy
+	$(PIPE) --stage preferences $(ARGS)
+
+rm: $(STAMP) ## stage: train the reward model on the preference pairs
+	$(PIPE) --stage rm $(ARGS)
+
+grpo-rm: $(STAMP) ## stage: GRPO with rule rewards + the neural reward model
+	$(PIPE) --stage grpo_rm $(ARGS)
+
+distill: $(STAMP) ## stage: distil the final policy into the small student (and train the SFT baseline student)
+	$(PIPE) --stage distill --stage student_sft $(ARGS)
+
+student-sft: $(STAMP) ## stage: the small student trained by plain SFT (the distillation baseline)
+	$(PIPE) --stage student_sft $(ARGS)
+
+bench: bench-grpo kl-bench ## all benchmarks
+
+bench-grpo: $(STAMP) ## GRPO step time, tokens/s, memory on a fixed tiny workload (vs TRL with the bench extra)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m r1lab.bench.grpo_bench $(ARGS)
+
+SWEEP_STEPS ?= 100
+sweep-kl: $(STAMP) ## GRPO multirun over KL estimator x beta from the cold start, summarised in a table
+	$(TRAIN) -m stage=grpo module.kl_estimator=k1,k2,k3 module.beta=0.01,0.1 trainer.max_steps=$(SWEEP_STEPS) \
+		callbacks.progress_bar=null $(ARGS)
+	$(BIN)/python -m r1lab.bench.sweep_summary outputs/grpo
+
+optuna-grpo: $(STAMP) ## Optuna search over GRPO knobs; objective: held-out accuracy
+	$(TRAIN) -m stage=grpo hparams_search=grpo_optuna trainer.max_steps=$(SWEEP_STEPS) callbacks.progress_bar=null $(ARGS)
 
 kl-bench: $(STAMP) ## Monte Carlo study of the k1/k2/k3 KL estimators (table + plot in outputs/kl_study)
 	$(BIN)/python -m r1lab.bench.kl_study --out outputs/kl_study $(ARGS)

@@ -66,7 +66,7 @@ def _command(stage: Stage, pipeline: dict, root: Path, folder: Path, extra: list
 
     if stage.train is not None:
         args = [expand(a) for a in stage.train] + pipeline["overrides"] + extra
-        return [sys.executable, "-m", "r1lab.train", *args, f"pipeline={pipeline['name']}",
+        return [sys.executable, "-m", "r1lab.train", *args, f"pipeline_name={pipeline['name']}",
                 f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
     return [expand(a) for a in stage.run]
 

@@ -82,6 +82,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else cfg.get("ckpt_path"))
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
 
+    # The HParams view of TensorBoard: this run's config next to its final numbers.
+    final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}
+    final |= {f"hp/{k.replace('/', '_')}": metrics[k] for k in ("train/kl", "train/reward") if k in metrics}
+    for logger in loggers:
+        logger.log_hyperparams(_flat(cfg), metrics=final)
+
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
