@@ -68,9 +68,8 @@ POLICY_STAGES = ("base", "r1_zero", "sft", "grpo", "sft2", "grpo_rm")
 def pipeline_root(tmp_path_factory, tiny_backbone):
     """An outputs/ root whose pipeline/tiny/<stage>/hf folders hold tiny exports, so that stage
     configs that read the previous stage's export by name compose and instantiate in tests."""
-    from r1lab.modules.base import export_hf
-
     from r1lab.data.tinyworld.export import export_jsonl
+    from r1lab.modules.base import export_hf
 
     root = tmp_path_factory.mktemp("outputs")
     model = tiny_backbone.build_model()

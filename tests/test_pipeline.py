@@ -58,3 +58,24 @@ def test_bad_pipeline_files_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"bad.yaml: stages\[0\] needs a name and exactly one of train/run"):
         load_pipeline(str(bad))
     assert [s.name for s in load_pipeline("tiny")["stages"]][:3] == ["base", "r1_zero", "sft"]
+
+
+@pytest.mark.slow
+def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, capsys):
+    """Every stage of the R1 pipeline at micro scale (conf/pipeline/micro.yaml), then the report."""
+    assert main(["--pipeline", "micro", "--root", str(tmp_path)]) == 0
+    root = tmp_path / "pipeline" / "micro"
+    for stage in ("base", "r1_zero", "sft", "grpo", "sft2", "rm", "grpo_rm", "distill", "student_sft"):
+        assert (root / stage / "hf" / "config.json").is_file(), stage
+    assert (root / "sft_data" / "v1" / "data.jsonl").is_file() and (root / "preferences" / "pairs.jsonl").is_file()
+    table = (root / "results.md").read_text()
+    policy_rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    assert [r.split("|")[1].strip() for r in policy_rows] == [
+        "base", "r1_zero", "sft", "grpo", "sft2", "grpo_rm", "distill", "student_sft"]
+    for row in policy_rows:
+        assert "–" not in row, row  # every cell filled
+    assert (root / "rl_curves.png").stat().st_size > 10_000 and (root / "reward_model.png").is_file()
+    assert "| stage | accuracy |" in capsys.readouterr().out
+    # a second run skips everything
+    assert main(["--pipeline", "micro", "--root", str(tmp_path), "--no-report"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 11

@@ -78,10 +78,11 @@ def run_stage(stage: Stage, pipeline: dict, root: Path, force: bool = False, ext
     if marker.exists() and not force:
         print(f"[pipeline] {stage.name}: output exists ({marker}), skipped (--force to redo)", flush=True)
         return "skipped"
-    if folder.exists() and marker.exists():
-        aside = folder.with_name(f"{folder.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    if folder.exists():  # a finished run being redone, or the remains of an interrupted one
+        kind = "old" if marker.exists() else "incomplete"
+        aside = folder.with_name(f"{folder.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(aside)
-        print(f"[pipeline] {stage.name}: previous output moved to {aside}", flush=True)
+        print(f"[pipeline] {stage.name}: previous {kind} output moved to {aside}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     cmd = _command(stage, pipeline, root, folder, list(extra or []))
     print(f"[pipeline] {stage.name}: {stage.about}\n[pipeline]   $ {shlex.join(cmd)}", flush=True)

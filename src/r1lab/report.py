@@ -57,12 +57,32 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
+def is_reward_model(folder: Path) -> bool:
+    config = folder / "hf" / "config.json"
+    if not config.is_file():
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures", []))
+
+
+def reward_model_lines(root: Path, stages: list[str]) -> list[str]:
+    lines = []
+    for name in stages:
+        folder = root / name
+        if is_reward_model(folder) and (folder / "metrics.json").is_file():
+            m = json.loads((folder / "metrics.json").read_text())
+            acc = m.get("test/accuracy", m.get("val/accuracy"))
+            margin = m.get("test/margin", m.get("val/margin"))
+            text = f"Reward model `{name}`: held-out pair accuracy {acc:.3f}" if acc is not None else f"`{name}`"
+            lines.append(text + (f", mean margin {margin:.3f}." if margin is not None else "."))
+    return lines
+
+
 def results_table(root: Path, stages: list[str]) -> tuple[str, list[dict]]:
     rows = []
     for name in stages:
         folder = root / name
         metrics_file = folder / "metrics.json"
-        if not metrics_file.is_file():
+        if not metrics_file.is_file() or is_reward_model(folder):
             continue
         metrics = json.loads(metrics_file.read_text())
         if not any(key in metrics for _, key, _ in COLUMNS):
@@ -105,11 +125,11 @@ def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    rm = [s for s in stages if scalars(root / s, "val/pair_accuracy") or scalars(root / s, "train/pair_accuracy")]
+    rm = [s for s in stages if is_reward_model(root / s)]
     if rm:
         fig, ax = plt.subplots(figsize=(4.5, 3.4))
         for s in rm:
-            for tag in ("train/pair_accuracy", "val/pair_accuracy"):
+            for tag in ("train/accuracy", "val/accuracy"):
                 points = scalars(root / s, tag)
                 if points:
                     ax.plot(*zip(*points), marker="o" if tag.startswith("val") else None, label=f"{s} {tag}")
@@ -129,6 +149,7 @@ def write_report(root: Path, stages: list[str]) -> str:
     root = Path(root)
     table, _ = results_table(root, stages)
     plots = plot_curves(root, stages, root)
+    table = "\n".join([table, "", *reward_model_lines(root, stages)]).rstrip()
     body = ["# Results", "", f"Pipeline folder: `{root}`. Test split: each stage's final weights.", "", table, ""]
     body += [f"![{p.stem}]({p.name})" for p in plots]
     (root / "results.md").write_text("\n".join(body) + "\n")
