@@ -78,4 +78,12 @@ def pipeline_root(tmp_path_factory, tiny_backbone):
     # the rejection-sampled SFT set that sft2 reads (the tiny world's reference solutions stand in)
     data = export_jsonl(root / "pipeline" / "tiny" / "sft_data" / "v1", {"train": 32}, layout="r1lab")
     data["train"].rename(data["train"].with_name("data.jsonl"))
+    # preference pairs (rm reads them) and a reward-model export (grpo_rm scores with it)
+    from r1lab.data.preferences import world_records, write_synthetic
+    from r1lab.modules.reward_model import RewardModel
+
+    write_synthetic(world_records(48), root / "pipeline" / "tiny" / "preferences" / "pairs.jsonl")
+    reward_model = RewardModel(tiny_backbone)
+    reward_model.configure_model()
+    reward_model.export_hf(root / "pipeline" / "tiny" / "rm" / "hf")
     return root

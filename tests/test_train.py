@@ -99,6 +99,15 @@ def test_multirun_sweep_writes_runs_named_by_their_overrides(tmp_path):
     for name in runs:
         assert _event_files(sweep / name / "tb")
         assert (sweep / name / ".hydra" / "overrides.yaml").is_file()
+    # any checkpoint of a run can be exported in Hugging Face format afterwards
+    from r1lab.export import export_checkpoint
+
+    run_dir = sweep / runs[0]
+    out = export_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert out == run_dir / "hf-last"
+    exported = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "hf").state_dict()
+    assert all(torch.equal(exported[k], final[k]) for k in final)
 
 
 @pytest.mark.ddp

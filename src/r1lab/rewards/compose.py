@@ -33,7 +33,7 @@ def resolve_reward(spec: str | RewardFn, key: str = "reward.functions.?") -> Rew
     """
     from r1lab.rewards import REWARDS  # the registry imports this module, so look it up late
 
-    if callable(spec):
+    if callable(spec) or hasattr(spec, "score_batch"):
         return spec
     if not isinstance(spec, str):
         # ValueError, not TypeError: every bad reward config entry raises the same error type
@@ -59,6 +59,8 @@ class RewardSet:
     weights: config key → weight; a key missing here weighs 1.0, a key not in `functions` is an error.
     Completions of code tasks (reference["task"] == "code") are scored on `max_workers` threads:
     their rewards spend their time waiting on a sandbox subprocess, not holding the GIL.
+    A function object with ``score_batch(prompts, completions, references) -> (N,)`` (a neural
+    reward model, ``r1lab.rm.NeuralReward``) is called once per batch instead of once per completion.
     """
 
     def __init__(
@@ -95,7 +97,8 @@ class RewardSet:
         n = len(completions)
         if len(prompts) != n or len(references) != n:
             raise ValueError(f"score: {len(prompts)} prompts, {n} completions, {len(references)} references")
-        jobs = [(f, i) for f in self.functions for i in range(n)]
+        batched = [f for f in self.functions if hasattr(f.fn, "score_batch")]
+        jobs = [(f, i) for f in self.functions if f not in batched for i in range(n)]
         slow = [(f, i) for f, i in jobs if references[i].get("task") == "code"]
         values: dict[tuple[str, int], float] = {}
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:  # starts threads only on submit
@@ -108,8 +111,11 @@ class RewardSet:
             values.update({k: fut.result() for k, fut in futures.items()})
         per_function = {
             f.name: torch.tensor([float(values[f.name, i]) for i in range(n)], dtype=torch.float32)
-            for f in self.functions
+            for f in self.functions if f not in batched
         }  # name -> (N,)
+        for f in batched:
+            per_function[f.name] = torch.as_tensor(
+                f.fn.score_batch(prompts, completions, references)).detach().float().cpu().reshape(n)
         total = torch.zeros(n, dtype=torch.float32)  # (N,)
         for f in self.functions:
             total += f.weight * per_function[f.name]

@@ -1,0 +1,152 @@
+"""Reward-model training on preference pairs (the neural reward of R1 §2.3.4, DeepSeekMath §4.2).
+
+One forward scores every chosen and rejected sequence of a batch (the head is read at each one's
+last real token, see ``r1lab.rm.model``); the Bradley–Terry loss of ``r1lab.rm.losses`` ranks them.
+Validation and test report held-out pair accuracy (share of pairs the model orders as the data
+does), the mean margin r_chosen − r_rejected and the range of the rewards. The export is a
+``*ForSequenceClassification`` folder plus ``r1lab_reward.json`` (the prompt template and token
+limits it was trained with), which ``r1lab.rm.NeuralReward`` loads inside GRPO.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
+
+from r1lab.models.backbone import Backbone
+from r1lab.modules.base import PolicyModule, export_hf
+from r1lab.rm.losses import bradley_terry_loss
+from r1lab.rm.model import SETTINGS_FILE, build_reward_model, sequence_rewards
+
+EVAL_METRICS = {"loss": MeanMetric, "accuracy": MeanMetric, "margin": MeanMetric, "reward_mean": MeanMetric,
+                "reward_min": MinMetric, "reward_max": MaxMetric}
+
+
+def _pad_to(ids: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=value)
+
+
+class RewardModel(L.LightningModule):
+    """Args:
+        backbone: the ``Backbone`` whose architecture (and, from a path, weights) the model takes.
+        optimizer: a partial optimizer (``_partial_: true``), completed with the parameters here.
+        scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, or None.
+        center_coef: c of the reward-centering term c·mean((r_c + r_r)²) (0 = off).
+        use_margin: subtract each pair's ``margin`` inside the sigmoid (Llama 2's margin loss).
+        evaluation: the policy stages' evaluation settings; only ``num_text_samples`` applies here
+            (held-out pairs logged as text with their rewards); pair accuracy needs no generation.
+    """
+
+    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, center_coef: float = 0.0,
+                 use_margin: bool = False, evaluation: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        self.backbone = backbone
+        self.tokenizer = backbone.tokenizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.center_coef, self.use_margin = center_coef, use_margin
+        self.num_text_samples = int((evaluation or {}).get("num_text_samples", 4))
+        self.model: torch.nn.Module | None = None
+        self.eval_metrics = torch.nn.ModuleDict(
+            {f"{split}_{name}": cls() for split in ("val", "test") for name, cls in EVAL_METRICS.items()}
+        )
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = build_reward_model(self.backbone).train()  # from_pretrained returns eval mode
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) rewards of right- or left-padded sequences."""
+        return sequence_rewards(self.model, input_ids, attention_mask)
+
+    # the same completion of partial optimizer/scheduler configs as every policy stage
+    configure_optimizers = PolicyModule.configure_optimizers
+
+    def pair_rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_chosen (B,), r_rejected (B,)) from one forward over all 2B sequences."""
+        chosen, rejected = batch["chosen_input_ids"], batch["rejected_input_ids"]
+        width = max(chosen.shape[1], rejected.shape[1])
+        pad = self.tokenizer.pad_token_id
+        ids = torch.cat([_pad_to(chosen, width, pad), _pad_to(rejected, width, pad)])  # (2B, T)
+        mask = torch.cat([_pad_to(batch["chosen_attention_mask"], width, 0),
+                          _pad_to(batch["rejected_attention_mask"], width, 0)])
+        return self(ids, mask).chunk(2)
+
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        r_chosen, r_rejected = self.pair_rewards(batch)
+        margin = batch["margin"].to(r_chosen) if self.use_margin else None
+        return bradley_terry_loss(r_chosen, r_rejected, margin=margin, center_coef=self.center_coef)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, metrics = self._loss(batch)
+        log = {"train/loss": loss.detach()} | {f"train/{k}": v for k, v in metrics.items()
+                                               if k in ("accuracy", "margin", "reward_mean")}
+        self.log_dict(log, prog_bar=True, sync_dist=True, batch_size=batch["margin"].shape[0])
+        return loss
+
+    # -- held-out pairs ------------------------------------------------------------------------
+    def _eval_step(self, batch: dict, split: str, batch_idx: int) -> None:
+        r_chosen, r_rejected = self.pair_rewards(batch)
+        margin = batch["margin"].to(r_chosen) if self.use_margin else None
+        loss, metrics = bradley_terry_loss(r_chosen, r_rejected, margin=margin, center_coef=self.center_coef)
+        n = batch["margin"].shape[0]
+        if batch_idx == 0:
+            self._log_pairs(f"{split}/pairs", batch["records"], r_chosen, r_rejected)
+        for name, value in ({"loss": loss.detach()} | metrics).items():
+            metric = self.eval_metrics[f"{split}_{name}"]
+            if isinstance(metric, MeanMetric):
+                metric.update(value, weight=n)  # a mean over pairs, not over batches
+            else:
+                metric.update(value)
+
+    def _eval_epoch_end(self, split: str) -> None:
+        logged = {}
+        for name in EVAL_METRICS:
+            metric = self.eval_metrics[f"{split}_{name}"]
+            if metric.update_called:
+                logged[f"{split}/{name}"] = metric.compute()
+            metric.reset()
+        if logged:
+            self.log_dict(logged, sync_dist=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    @rank_zero_only
+    def _log_pairs(self, tag: str, records: list[dict], r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> None:
+        rows = ["| prompt | chosen | r_chosen | rejected | r_rejected |", "|---|---|---|---|---|"]
+        for record, rc, rr in list(zip(records, r_chosen.tolist(), r_rejected.tolist()))[: self.num_text_samples]:
+            cells = [record["prompt"], record["chosen"], f"{rc:.3f}", record["rejected"], f"{rr:.3f}"]
+            rows.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.num_text_samples:
+                logger.experiment.add_text(tag, "\n".join(rows), global_step=self.global_step)
+
+    # -- export --------------------------------------------------------------------------------
+    def export_hf(self, path: str | Path) -> Path:
+        """A ``*ForSequenceClassification`` folder (``from_pretrained`` loads it) and its tokenizer,
+        plus how it tokenizes (``r1lab_reward.json``: template, system prompt, token limits)."""
+        trainer = self.trainer if self._trainer is not None else None
+        path = export_hf(self.model, self.tokenizer, path, trainer)
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        settings = {key: getattr(datamodule, key) for key in
+                    ("template", "system_prompt", "max_prompt_tokens", "max_response_tokens")
+                    if hasattr(datamodule, key)}
+        if settings and trainer.is_global_zero:  # without a datamodule, NeuralReward's defaults apply
+            (Path(path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+        return path

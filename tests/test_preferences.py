@@ -1,0 +1,196 @@
+"""Preference pairs: the R1 ranking rule by hand, synthetic corruptions, sampling from a policy,
+resuming, replay mixing, the reward-model data source and its errors."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from r1lab.data import R1DataModule
+from r1lab.data.preferences import (
+    ERRORS,
+    STYLES,
+    PairWriter,
+    PreferenceFile,
+    main,
+    preference_margin,
+    r1_preference,
+    rank_pairs,
+    replay_mix,
+    synthetic_candidates,
+    world_records,
+    write_sampled,
+    write_synthetic,
+)
+from r1lab.data.sources import DataError
+from r1lab.rewards import format_reward_strict
+
+REF = {"answer": "7", "task": "arith", "language": "en"}
+GOOD = "<think> 3 plus 4 is 7. </think> <answer> 7 </answer>"
+
+
+def test_r1_preference_ranks_as_the_rule_says():
+    wrong = "<think> 3 plus 4 is 8. </think> <answer> 8 </answer>"
+    broken = "<think> 3 plus 4 is 7. <answer> 7 </answer>"
+    mixed = "<think> 3 加 4 is 7. </think> <answer> 7 </answer>"
+    verbose = "<think> Let me see. 3 plus 4 is 7. Let me check: 3 plus 4 is 7. </think> <answer> 7 </answer>"
+    score = {name: r1_preference("What is 3 + 4?", text, REF) for name, text in
+             dict(good=GOOD, wrong=wrong, broken=broken, mixed=mixed, verbose=verbose, untagged="7").items()}
+    assert score["wrong"] == score["untagged"] == (0,)  # wrong answers tie: no pair between them
+    assert score["good"] > score["verbose"] > score["mixed"] > score["broken"] > score["wrong"]
+    assert score["good"][:3] == (1, 1, 1) and score["broken"][:2] == (1, 0) and score["mixed"][:3] == (1, 1, 0)
+    # conciseness in ×1.25 buckets: one extra character is a tie, not a preference
+    assert r1_preference("", GOOD + " ", REF) == score["good"]
+    assert preference_margin(score["good"], score["wrong"]) == 1.0
+    assert preference_margin(score["good"], score["broken"]) == 0.5
+    assert preference_margin(score["good"], score["verbose"]) == 0.125
+    assert preference_margin(0.75, 0.25) == 0.5
+
+
+def test_rank_pairs_skips_ties_and_identical_texts():
+    pairs = rank_pairs(["a", "b", "c", "a"], [(1,), (0,), (0,), (1,)], random.Random(0), None)
+    assert sorted(pairs) == [(0, 1), (0, 2), (3, 1), (3, 2)]
+    assert len(rank_pairs(["a", "b", "c", "d"], [3, 2, 1, 0], random.Random(0), 2)) == 2
+
+
+def test_synthetic_corruptions_are_what_they_claim():
+    record = world_records(1, seed=0)[0]
+    candidates = dict(synthetic_candidates(record, random.Random(0)))
+    # every style of the right solution, and every error in every style (no style gives correctness away)
+    assert set(candidates) == {"reference", *(s for s in STYLES if s != "clean"),
+                               *(f"{e}+{s}" for e in ERRORS for s in STYLES)}
+    prompt = record["prompt"]
+    score = {k: r1_preference(prompt, v, record) for k, v in candidates.items()}
+    assert score["reference"][:3] == (1, 1, 1)
+    assert all(score[k] == (0,) for k in candidates if "+" in k)  # wrong, whatever the style
+    assert score["broken_tags"] == (0,) or score["broken_tags"][:2] == (1, 0)  # an untagged answer is wrong
+    assert score["mixed_language"][:3] == (1, 1, 0)
+    assert score["verbose"][:3] == (1, 1, 1) and score["verbose"][3] < score["reference"][3]
+    for error in ERRORS:  # a clean wrong solution is well-formed: only its correctness is off
+        assert format_reward_strict(prompt, candidates[f"{error}+clean"], record) == 1.0
+    slip = candidates["arithmetic_slip+clean"]
+    assert slip.count("is") == record["response"].count("is") and slip != record["response"]
+
+
+def test_synthetic_pairs_are_deterministic_resumable_and_ranked(tmp_path, monkeypatch):
+    records = world_records(24, seed=0)
+    out = tmp_path / "pairs.jsonl"
+    n = write_synthetic(records, out, pairs_per_prompt=3, seed=5, chunk_size=8)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == len(rows) == 72
+    for row in rows:
+        assert row["chosen"] != row["rejected"] and row["rule"] == "r1_preference"
+        assert tuple(row["chosen_score"]) > tuple(row["rejected_score"])
+        assert {"prompt", "answer", "task", "margin", "prompt_id", "chosen_kind"} <= set(row)
+    assert {r["chosen_kind"] for r in rows} >= {"reference", "verbose"}
+    assert write_synthetic(records, out, pairs_per_prompt=3, seed=5, chunk_size=8) == 72  # done: no-op
+    assert out.read_bytes() == (first := out.read_bytes())
+
+    # a run killed while writing its third chunk leaves a torn line; the rerun cuts it and finishes
+    resumed = tmp_path / "resumed.jsonl"
+    write = PairWriter.write
+
+    def crash_on_third_chunk(self, chunk, rows):
+        if chunk == 2:
+            with self.partial.open("a") as f:
+                f.write(json.dumps(rows[0])[:20])
+            raise KeyboardInterrupt
+        write(self, chunk, rows)
+
+    monkeypatch.setattr(PairWriter, "write", crash_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        write_synthetic(records, resumed, pairs_per_prompt=3, seed=5, chunk_size=8)
+    monkeypatch.undo()
+    assert not resumed.exists()  # only a finished file gets its name
+    assert write_synthetic(records, resumed, pairs_per_prompt=3, seed=5, chunk_size=8) == 72
+    assert resumed.read_bytes() == first
+    with pytest.raises(ValueError, match="other settings"):
+        write_synthetic(records, out, pairs_per_prompt=2, seed=5, chunk_size=8)
+    (tmp_path / "theirs.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="not written by this tool"):
+        write_synthetic(records, tmp_path / "theirs.jsonl")
+
+
+def test_cli_writes_answer_views(tmp_path):
+    out = tmp_path / "answers.jsonl"
+    assert main(["synthetic", "--out", str(out), "--n-prompts", "10", "--view", "answer"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all("<think>" not in r["chosen"] for r in rows if r["chosen_kind"] != "broken_tags")
+    assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_pairs_sampled_from_a_policy_checkpoint(tiny_backbone, tmp_path):
+    from r1lab.models.tokenizer import save_tokenizer
+
+    policy = tmp_path / "policy"
+    tiny_backbone.build_model().save_pretrained(policy)
+    save_tokenizer(tiny_backbone.tokenizer, policy)
+    records = world_records(6, seed=0)
+    out = tmp_path / "sampled.jsonl"
+    kwargs = dict(k=4, rule="tests.test_preferences.by_length", pairs_per_prompt=2, max_new_tokens=6,
+                  batch_size=4, device="cpu")
+    n = write_sampled(records, policy, out, **kwargs)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == len(rows) > 0 and all(len(r["chosen"]) < len(r["rejected"]) for r in rows)
+    assert {r["source"] for r in rows} == {str(policy)} and rows[0]["rule"] == "tests.test_preferences.by_length"
+    assert write_sampled(records, policy, out, **kwargs) == n  # a rerun of a finished file does nothing
+    torch.manual_seed(123)  # the global RNG does not matter: each chunk has its own generator
+    write_sampled(records, policy, tmp_path / "again.jsonl", **kwargs)
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+
+
+def by_length(prompt: str, completion: str, reference: dict) -> float:
+    """A rule for the test above: shorter is better (a random policy's samples rarely tie on it)."""
+    return -len(completion)
+
+
+def test_replay_mix_keeps_new_pairs_and_a_fraction_of_old_ones():
+    new = [{"id": f"n{i}"} for i in range(30)]
+    old = [{"id": f"o{i}"} for i in range(50)]
+    mixed = replay_mix(new, old, fraction=0.1, seed=0)
+    assert len(mixed) == 35 and [r["id"] for r in mixed[5:]] == [r["id"] for r in new]
+    assert all(r["replay"] for r in mixed[:5]) and len({r["id"] for r in mixed[:5]}) == 5
+    assert {r["id"] for r in mixed[:5]} <= {r["id"] for r in old}
+    assert replay_mix(new, old, 0.1, seed=0) == mixed and replay_mix(new, old, 0.1, seed=1) != mixed
+    assert replay_mix(new, [], 0.1) == [dict(r, replay=False) for r in new]
+    with pytest.raises(ValueError):
+        replay_mix(new, old, 1.5)
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_preference_file_holds_out_unseen_prompts_and_feeds_the_datamodule(tmp_path, tokenizer):
+    rows = [{"prompt": f"p{i // 2}", "chosen": "good", "rejected": "bad", "margin": 0.5} for i in range(20)]
+    _write(tmp_path / "pairs.jsonl", rows)
+    source = PreferenceFile(str(tmp_path / "pairs.jsonl"), sizes={"val": 3, "test": 2})
+    train, val, test = (source.load(s, ("prompt", "chosen", "rejected")) for s in ("train", "val", "test"))
+    assert len(val) == 3 and len(test) == 2
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in val + test}  # p7's train pair is dropped
+    assert len(train) == 14
+    data = R1DataModule(source, mode="preference", template="plain", batch_size=4, eval_batch_size=8)
+    data.connect(tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.val_dataloader()))
+    assert batch["chosen_input_ids"].shape[0] == 3 and batch["margin"].tolist() == [0.5] * 3
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"prompt": "p", "chosen": "good"}, "missing field 'rejected'"),
+    ({"prompt": "p", "chosen": "  ", "rejected": "bad"}, "field 'chosen' is empty"),
+    ({"question": "p", "chosen": "good", "rejected": "bad"}, "missing field 'prompt'"),
+])
+def test_bad_preference_files_name_file_and_line(tmp_path, tokenizer, row, message):
+    path = tmp_path / "pairs.jsonl"
+    _write(path, [{"prompt": "ok", "chosen": "a", "rejected": "b"}] * 2 + [row])
+    data = R1DataModule(PreferenceFile(str(path)), mode="preference", batch_size=1)
+    data.connect(tokenizer)
+    with pytest.raises(DataError, match=f"{path}:3: {message}"):
+        data.setup("fit")
+
+
+def test_missing_preference_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(DataError, match="r1lab.data.preferences synthetic"):
+        PreferenceFile(str(tmp_path / "none.jsonl")).load("train", ("prompt",))
