@@ -23,15 +23,6 @@ SMALL = {"family": "llama", "vocab_size": 512, "hidden_size": 32, "num_hidden_la
          "max_position_embeddings": 256, "tie_word_embeddings": True}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared CI machine stays responsive."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tiny_backbone):
     """A tiny teacher exported as a Hugging Face folder, as a stage's hf/ export would be."""

@@ -25,14 +25,6 @@ REF = {"prompt": "What is 12 + 7 - 5?", "answer": "14", "task": "arith", "langua
 GOOD = "<think> 12 plus 7 is 19. 19 minus 5 is 14. </think> <answer> 14 </answer>"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- the filters -------------------------------------------------------------------------------
 def test_a_correct_well_formed_english_completion_is_kept():
     assert keep(REF["prompt"], GOOD, REF) == (True, [])

@@ -45,6 +45,20 @@ def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def log_epoch_metrics(module: L.LightningModule, split: str, names, key=lambda name: name) -> dict:
+    """Compute the ``module.eval_metrics[f"{split}_{key(name)}"]`` that were updated this epoch, reset
+    all of them, and log the values as ``split/name`` (synchronised across ranks)."""
+    logged = {}
+    for name in names:
+        metric = module.eval_metrics[f"{split}_{key(name)}"]
+        if metric.update_called:
+            logged[f"{split}/{name}"] = metric.compute()
+        metric.reset()
+    if logged:
+        module.log_dict(logged, sync_dist=True)
+    return logged
+
+
 class PolicyModule(L.LightningModule):
     """Base of the policy stages.
 
@@ -103,14 +117,7 @@ class PolicyModule(L.LightningModule):
             self._examples[split] = examples
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
-        logged = {}
-        for name in METRICS:
-            metric = self.eval_metrics[f"{split}_{_metric_key(name)}"]
-            if metric.update_called:
-                logged[f"{split}/{name}"] = metric.compute()
-            metric.reset()
-        if logged:
-            self.log_dict(logged, sync_dist=True)
+        logged = log_epoch_metrics(self, split, METRICS, _metric_key)
         self._log_text(f"{split}/completions", examples_markdown(self._examples.pop(split, [])))
         return logged
 

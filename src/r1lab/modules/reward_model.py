@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 
 from r1lab.models.backbone import Backbone
-from r1lab.modules.base import PolicyModule, export_hf
+from r1lab.modules.base import PolicyModule, export_hf, log_epoch_metrics
 from r1lab.rm.losses import bradley_terry_loss
 from r1lab.rm.model import SETTINGS_FILE, build_reward_model, sequence_rewards
 
@@ -106,14 +106,7 @@ class RewardModel(L.LightningModule):
                 metric.update(value)
 
     def _eval_epoch_end(self, split: str) -> None:
-        logged = {}
-        for name in EVAL_METRICS:
-            metric = self.eval_metrics[f"{split}_{name}"]
-            if metric.update_called:
-                logged[f"{split}/{name}"] = metric.compute()
-            metric.reset()
-        if logged:
-            self.log_dict(logged, sync_dist=True)
+        log_epoch_metrics(self, split, EVAL_METRICS)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val", batch_idx)
