@@ -15,7 +15,14 @@ from r1lab.data.tinyworld import TinyWorld
 from r1lab.modules.grpo import GRPO
 from r1lab.modules.reward_model import RewardModel
 from r1lab.rewards import RewardSet
-from r1lab.rm import NeuralReward, RunningMoments, bradley_terry_loss, final_answer_view, last_token_index
+from r1lab.rm import (
+    NeuralReward,
+    RewardStateCheckpoint,
+    RunningMoments,
+    bradley_terry_loss,
+    final_answer_view,
+    last_token_index,
+)
 from r1lab.rm.iterative import plan
 
 sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
@@ -168,6 +175,19 @@ def test_running_moments_merge_batches_exactly():
     assert restored.std == moments.std and restored.count == 7
 
 
+def test_running_moments_travel_in_checkpoints(rm_export):
+    from types import SimpleNamespace
+
+    before = NeuralReward(str(rm_export))
+    before.moments.update(torch.tensor([1.0, 3.0]))
+    checkpoint: dict = {}
+    callback = RewardStateCheckpoint()
+    callback.on_save_checkpoint(None, SimpleNamespace(rewards=RewardSet({"rm": before, "acc": "accuracy"})), checkpoint)
+    after = NeuralReward(str(rm_export))
+    callback.on_load_checkpoint(None, SimpleNamespace(rewards=RewardSet({"rm": after})), checkpoint)
+    assert (after.moments.count, after.moments.mean, after.moments.std) == (2, 2.0, 1.0)
+
+
 def test_grpo_step_with_the_neural_reward_in_the_reward_set(tiny_backbone, rm_export):
     import pickle
 
@@ -202,3 +222,18 @@ def test_iterative_plan_chains_grpo_fresh_pairs_replay_and_rm(tmp_path):
     assert "backbone.name_or_path=rm0/hf" in rm1.command  # the RM continues from its previous export
     assert f"backbone.name_or_path={tmp_path / 'round1' / 'grpo' / 'hf'}" in grpo2.command
     assert any(str(tmp_path / "round1" / "rm" / "hf") in c for c in grpo2.command)
+
+
+def test_iterative_mix_step_writes_replayed_training_set_and_history(tmp_path):
+    import json
+
+    from r1lab.rm.iterative import Step, execute
+
+    fresh, old = tmp_path / "fresh.jsonl", tmp_path / "old.jsonl"
+    fresh.write_text("".join(json.dumps({"id": f"n{i}"}) + "\n" for i in range(10)))
+    old.write_text("".join(json.dumps({"id": f"o{i}"}) + "\n" for i in range(30)))
+    mixed, history = tmp_path / "r" / "pairs.jsonl", tmp_path / "r" / "history.jsonl"
+    execute([Step("mix", inputs=(str(fresh), str(old)), outputs=(str(mixed), str(history)), seed=1)], replay=0.1)
+    rows = [json.loads(line) for line in mixed.read_text().splitlines()]
+    assert [r["replay"] for r in rows] == [True] * 3 + [False] * 10 and rows[-1]["id"] == "n9"
+    assert len(history.read_text().splitlines()) == 40

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from r1lab.models.tokenizer import load_tokenizer
@@ -135,3 +136,23 @@ def test_hf_backbone_on_an_external_jsonl_data_set(make_cfg, pipeline_root, tmp_
     metrics = run(cfg)
     assert metrics["train/loss"] > 0 and 0.0 <= metrics["test/accuracy"] <= 1.0
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_optuna_search_over_grpo_knobs_optimises_the_held_out_accuracy(tmp_path):
+    proc = _cli(["-m", "stage=grpo", "hparams_search=grpo_optuna", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.sampler.n_startup_trials=2", *FAST, "backbone=tiny", "backbone.name_or_path=null",
+                 "data.source.sizes={train:64,val:8,test:8}", "module.max_new_tokens=8", "trainer.max_steps=2",
+                 f"paths.output_root={tmp_path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "grpo" / "multiruns").iterdir()
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna" and 0.0 <= results["best_value"] <= 1.0
+    assert set(results["best_params"]) == {"module.optimizer.lr", "module.beta", "module.kl_estimator",
+                                           "module.clip_high", "module.group_size"}
+    runs = [p for p in sweep.iterdir() if (p / "metrics.json").is_file()]
+    assert len(runs) == 2 and all("val/accuracy" in json.loads((p / "metrics.json").read_text()) for p in runs)
+    # the sweep summary tabulates both trials
+    from r1lab.bench.sweep_summary import summarise
+
+    assert summarise(sweep).count("\n") == 3  # header, rule, two runs

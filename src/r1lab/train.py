@@ -6,6 +6,7 @@ loggers → trainer → fit → test → metrics.json; returns the metric a swee
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,17 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("r1lab.train")
+
+
+def short_name(text: str, limit: int = 160) -> str:
+    """A folder name from a run's overrides, cut with a hash when too long for the file system
+    (an Optuna trial's overrides easily pass the 255-byte limit of a name)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 9]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("short_name", short_name, replace=True)
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ Two ways to get candidates per prompt:
 - ``synthetic``: the reference solution and controlled corruptions of it, so a reward model can be
   trained before any policy exists: errors (a wrong final number, an arithmetic slip carried to
   the end) and styles (broken tags, Chinese words in the chain of thought, a padded verbose chain
-  of thought), every error in every style. The rule, not the corruption, decides who wins.
+  of thought), each error in a random style. The rule, not the corruption, decides who wins.
 
     python -m r1lab.data.preferences synthetic --out outputs/pipeline/tiny/preferences/pairs.jsonl
     python -m r1lab.data.preferences sample --policy outputs/pipeline/tiny/sft/hf --out pairs.jsonl --k 8
@@ -105,8 +105,8 @@ def rank_pairs(texts: list[str], scores: list, rng: random.Random, max_pairs: in
 
 # -- synthetic candidates: the reference and corruptions of it -----------------------------------
 # Two independent kinds of corruption: an error (the solution becomes wrong) and a style (it stays
-# right but reads worse). Every error comes in every style, so that no style gives away
-# correctness: a reward model cannot learn "verbose is bad" in place of "wrong is bad".
+# right but reads worse). Wrong candidates get a random style too, so that no style gives away
+# correctness: a reward model cannot learn "verbose is good" in place of "right is good".
 Solution = tuple[str, str]  # (chain of thought, final answer), both without tags
 
 
@@ -194,14 +194,18 @@ STYLES = {"clean": clean, "broken_tags": broken_tags, "mixed_language": mixed_la
 
 
 def synthetic_candidates(record: dict, rng: random.Random) -> list[tuple[str, str]]:
-    """(kind, completion) candidates of one task: every style of the right solution (``clean`` is
-    the reference itself) and of each error, so that for every style there are right and wrong
-    versions that differ only in correctness (the minimal pairs that teach checking an answer)."""
+    """(kind, completion) candidates of one task: the reference, each style of the right solution
+    (``clean`` is the reference itself), and each error in a randomly drawn style.
+
+    (Every error in every style, i.e. many minimal right/wrong pairs, trained the tiny reward model
+    worse: 0.60 against 0.76 held-out pair accuracy after 750 steps; the easy style pairs seem to
+    bootstrap the features that checking an answer needs.)"""
     candidates = [("reference", record["response"])]
     right = _parts(record)
     if right is None:
         return candidates
-    kinds = [(error, style) for error in (None, *ERRORS) for style in STYLES if (error, style) != (None, "clean")]
+    kinds = [(None, style) for style in STYLES if style != "clean"]
+    kinds += [(error, rng.choice(list(STYLES))) for error in ERRORS]
     for error, style in kinds:
         solution = right if error is None else ERRORS[error](record, rng)
         text = None if solution is None else STYLES[style](*solution, rng)
@@ -423,7 +427,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="the JSONL file to write")
         p.add_argument("--rule", default="r1_preference", help=f"a name in {sorted(RULES)} or a dotted path")
         p.add_argument("--n-prompts", type=int, default=2000 if mode == "synthetic" else 512)
-        p.add_argument("--pairs-per-prompt", type=int, default=4, help="at most this many pairs per prompt (0: all)")
+        p.add_argument("--pairs-per-prompt", type=int, default=0, help="at most this many pairs per prompt (0: all)")
         p.add_argument("--view", choices=("response", "answer"), default="response",
                        help="write whole responses, or only what follows </think> (R1's helpfulness view)")
         p.add_argument("--prompts", help="a JSONL/Parquet file of prompt+answer records instead of the tiny world")
