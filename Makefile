@@ -14,7 +14,7 @@ TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm \
-	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo clean
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ rm: $(STAMP) ## stage: train the reward model on the preference pairs
 
 grpo-rm: $(STAMP) ## stage: GRPO with rule rewards + the neural reward model
 	$(PIPE) --stage grpo_rm $(ARGS)
+
+ROUNDS ?= 2
+iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, RM retrain with 10% replay)
+	$(BIN)/python -m r1lab.rm.iterative --rounds $(ROUNDS) --grpo-args "trainer.max_steps=50" $(ARGS)
 
 distill: $(STAMP) ## stage: distil the final policy into the small student (and train the SFT baseline student)
 	$(PIPE) --stage distill --stage student_sft $(ARGS)
