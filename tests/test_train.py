@@ -156,3 +156,13 @@ def test_optuna_search_over_grpo_knobs_optimises_the_held_out_accuracy(tmp_path)
     from r1lab.bench.sweep_summary import summarise
 
     assert summarise(sweep).count("\n") == 3  # header, rule, two runs
+
+
+def test_the_real_model_recipe_pins_the_published_r1_settings(make_cfg):
+    cfg = make_cfg("stage=grpo", "experiment=qwen2.5_0.5b_gsm8k", "data.source.train=train.jsonl", data=[])
+    assert cfg.backbone.name_or_path == "Qwen/Qwen2.5-0.5B-Instruct" and cfg.backbone.dtype == "bfloat16"
+    m = cfg.module
+    assert (m.group_size, m.beta, m.temperature, m.optimizer.lr, m.ref_reset_every, m.mini_batches) == (
+        16, 0.001, 1.0, 3e-6, 400, 16)
+    assert cfg.trainer.strategy == "ddp" and cfg.data.mode == "rl"
+    assert cfg.module.rewards.functions.accuracy == "accuracy_math"
