@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from r1lab.rl.losses import masked_mean
+
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 
 
@@ -91,8 +93,7 @@ def kd_loss(
     per_token = kd_per_token(
         student_logits, teacher_logits, kind=kind, beta=beta, temperature=temperature, top_k=top_k
     )  # (B, T)
-    m = mask.to(per_token.dtype)  # (B, T)
-    return (per_token * m).sum() / m.sum().clamp(min=1.0)
+    return masked_mean(per_token, mask)
 
 
 def distill_objective(
