@@ -37,8 +37,8 @@ test-fast: $(STAMP) ## the test suite without the slow training tests
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests
 
-PIPE := $(BIN)/python -m r1lab.pipeline --pipeline $(PIPELINE)
 PIPELINE ?= tiny
+PIPE := $(BIN)/python -m r1lab.pipeline --pipeline $(PIPELINE)
 
 pipeline: $(STAMP) ## the whole tiny R1 pipeline, results table and plots (skips finished stages; FORCE=1 redoes)
 	$(PIPE) $(if $(FORCE),--force) $(ARGS)
