@@ -204,6 +204,10 @@ def test_grpo_step_with_the_neural_reward_in_the_reward_set(tiny_backbone, rm_ex
     metrics = trainer.callback_metrics
     assert "train/reward/rm" in metrics and "train/reward/accuracy" in metrics
     assert abs(metrics["train/reward/rm"].item()) < 1e-5  # batch z-scores average to zero
+    # ... so the raw score is logged too: it is what "RL raises the reward model's score" is read from
+    raw_mean = neural.last_raw.mean().item()
+    assert metrics["train/reward/rm_raw"].item() == pytest.approx(raw_mean, abs=1e-5)
+    assert abs(raw_mean) > 1e-3
     roll = module.rollout(next(iter(data.train_dataloader())))
     total, per_function = module.score(roll)
     assert per_function["rm"].shape == (4,) and per_function["rm"].std() > 0.5  # z-scored: unit spread

@@ -213,6 +213,9 @@ class GRPO(PolicyModule):
             "train/score_share": torch.tensor(t_score / elapsed),
         }
         log |= {f"train/reward/{k}": v.mean() for k, v in per_function.items()}
+        for f in self.rewards.functions:  # a neural reward's raw score: its normalised mean is ~0 by design
+            if getattr(f.fn, "last_raw", None) is not None:
+                log[f"train/reward/{f.name}_raw"] = f.fn.last_raw.mean()
         for name in ("accuracy", "format", "language"):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()

@@ -108,6 +108,7 @@ class NeuralReward:
         self.view, self.normalize, self.eps = view, normalize, eps
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.moments = RunningMoments()
+        self.last_raw: torch.Tensor | None = None  # the raw scores of the last batch
         self._model = self._tok = None  # loaded on first use (and never pickled, see __getstate__)
 
     def _load(self) -> None:
@@ -144,6 +145,7 @@ class NeuralReward:
     def score_batch(self, prompts: list[str], completions: list[str], references: list[dict]) -> torch.Tensor:
         """(N,) normalised rewards of the completions, float32 on CPU."""
         raw = self.raw_scores(prompts, completions)
+        self.last_raw = raw  # GRPO logs its mean (train/reward/<name>_raw): normalised scores hide a rise
         if self.normalize == "none" or raw.numel() == 0:
             return raw
         if self.normalize == "batch":
@@ -157,7 +159,8 @@ class NeuralReward:
 
     def __getstate__(self) -> dict:
         # GRPO's hyperparameters (saved in every checkpoint) hold the RewardSet: keep the weights out.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_tok")} | {"_model": None, "_tok": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_tok", "last_raw")} | {
+            "_model": None, "_tok": None, "last_raw": None}
 
     def state_dict(self) -> dict:
         return {"moments": self.moments.state_dict()}
