@@ -165,6 +165,27 @@ def test_on_policy_distillation_scores_the_students_samples(teacher_dir, tokeniz
         Distillation(Backbone(tiny=SMALL), Backbone(name_or_path=teacher_dir), on_policy=True, alpha=0.5)
 
 
+def test_mixed_on_policy_fraction_draws_steps_and_drops_the_hard_labels_on_own_samples(teacher_dir, tokenizer):
+    from types import SimpleNamespace
+
+    module = _module(Backbone(tiny=SMALL), teacher_dir, alpha=0.5, on_policy=0.25, max_new_tokens=8)
+    draws = []
+    for step in range(400):  # the draw depends on (seed, step) only: every rank and a resume agree
+        module._trainer = SimpleNamespace(global_step=step)
+        draws.append(module.step_is_on_policy())
+    assert 0.18 < sum(draws) / len(draws) < 0.32
+    module._trainer = SimpleNamespace(global_step=7)
+    assert [module.step_is_on_policy() for _ in range(3)] == [draws[7]] * 3
+    # on the student's own samples only the KD term counts (alpha 0), on references alpha·CE + (1-alpha)·KD
+    batch = _batch(tokenizer)
+    loss, m = module.distill_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    assert loss.item() == pytest.approx(0.5 * m["ce"].item() + 0.5 * m["kd"].item(), rel=1e-5)
+    loss, m = module.distill_loss(batch["input_ids"], batch["attention_mask"], batch["labels"], alpha=0.0)
+    assert loss.item() == pytest.approx(m["kd"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="module.on_policy"):
+        Distillation(Backbone(tiny=SMALL), Backbone(name_or_path=teacher_dir), on_policy=1.5, alpha=0.0)
+
+
 def test_distill_stage_runs_and_exports_only_the_student(make_cfg, tmp_path, teacher_dir):
     metrics = run(make_cfg("stage=distill", *FAST, f"module.teacher.name_or_path={teacher_dir}"))
     for key in ("train/kd", "train/ce", "val/kd", "val/accuracy", "test/accuracy"):

@@ -7,7 +7,10 @@ response tokens of each sequence the student matches the teacher's whole next-to
 
 with the math in ``r1lab.kd.distill_objective``. With ``on_policy`` the sequences are the student's own
 samples (GKD's on-policy mode; MiniLLM, arXiv 2306.08543, argues for the reverse KL there): the student
-samples, the teacher scores those tokens, and there are no reference tokens (α must be 0).
+samples, the teacher scores those tokens, and there are no reference tokens. ``on_policy`` may also be
+a fraction λ in [0, 1], GKD's mixed mode (its Algorithm 1): each step draws, with probability λ, the
+student's own samples (KD only) and otherwise the data's responses (α·CE + (1 − α)·τ²·KD). λ = 1 has
+no reference tokens at all, so α must then be 0.
 
 Sequence level, what DeepSeek-R1 actually did for its small models (arXiv 2501.12948, §2.4: "fine-tuned
 … using the 800k samples curated with DeepSeek-R1"), is not this module: it is SFT of the student on
@@ -26,6 +29,7 @@ positions at once and freed.
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import torch
@@ -90,7 +94,8 @@ class Distillation(PolicyModule):
         temperature: τ of both softmaxes; the KD term is scaled by τ² (Hinton).
         beta: β of JSD_β (0 = forward KL, 1 = reverse KL).
         top_k: compare the distributions on the teacher's top-k tokens only (None = the full vocabulary).
-        on_policy: distil on the student's own samples (GKD / MiniLLM) instead of the data's responses.
+        on_policy: distil on the student's own samples (GKD / MiniLLM) instead of the data's responses:
+            true (every step), false (never), or the fraction λ of steps that do (GKD's mixed mode).
         max_new_tokens, sample_temperature, top_p: the student's sampling when ``on_policy``.
         seed: base seed of the on-policy sampler.
     """
@@ -107,7 +112,7 @@ class Distillation(PolicyModule):
         temperature: float = 1.0,
         beta: float = 0.5,
         top_k: int | None = None,
-        on_policy: bool = False,
+        on_policy: bool | float = False,
         max_new_tokens: int = 64,
         sample_temperature: float = 1.0,
         top_p: float = 1.0,
@@ -122,9 +127,13 @@ class Distillation(PolicyModule):
             raise ValueError(f"module.alpha: must lie in [0, 1], got {alpha}")
         if temperature <= 0:
             raise ValueError(f"module.temperature: must be > 0, got {temperature}")
-        if on_policy and alpha > 0:
+        on_policy = float(on_policy)
+        if not 0.0 <= on_policy <= 1.0:
+            raise ValueError(f"module.on_policy: true, false or a fraction of steps in [0, 1], got {on_policy}")
+        if on_policy == 1.0 and alpha > 0:
             raise ValueError("module.alpha: on-policy distillation has no reference tokens (the student's "
-                             "own samples are the sequences); set module.alpha=0")
+                             "own samples are the sequences); set module.alpha=0, or module.on_policy to a "
+                             "fraction < 1 (GKD's mix: the other steps use the data's responses)")
         if top_k is not None and top_k < 1:
             raise ValueError(f"module.top_k: must be >= 1 or null, got {top_k}")
         self.teacher_backbone = teacher
@@ -165,7 +174,7 @@ class Distillation(PolicyModule):
         counts = self.parameter_counts()
         log.info(f"distillation: student {counts['student']:,} parameters, teacher {counts['teacher']:,} "
                  f"({counts['student'] / counts['teacher']:.2f}x); {self.loss_kind}, alpha {self.alpha}, "
-                 f"temperature {self.temperature}{', on-policy' if self.on_policy else ''}")
+                 f"temperature {self.temperature}, on-policy fraction {self.on_policy:g}")
 
     def _place_teacher(self) -> torch.nn.Module:
         """The teacher, on the student's device and dtype, in eval mode."""
@@ -194,8 +203,10 @@ class Distillation(PolicyModule):
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
         return out.logits[..., : self._vocab]  # (B, T, V)
 
-    def distill_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        """The objective on one micro-batch of sequences; labels (B, T) are IGNORE off the response."""
+    def distill_loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     alpha: float | None = None):
+        """The objective on one micro-batch of sequences; labels (B, T) are IGNORE off the response.
+        ``alpha`` overrides the module's weight of the hard labels (0 on the student's own samples)."""
         next_labels = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         keep = next_labels != IGNORE  # (B, T-1)
         teacher = self._place_teacher()
@@ -204,8 +215,8 @@ class Distillation(PolicyModule):
         student_logits = self._logits(self.policy, input_ids, attention_mask)[:, :-1][keep]  # (N, V)
         loss, metrics = distill_objective(
             student_logits[None], teacher_logits[None], next_labels[keep][None],  # (1, N, V), (1, N)
-            alpha=self.alpha, temperature=self.temperature, kind=self.loss_kind, beta=self.beta,
-            top_k=self.top_k,
+            alpha=self.alpha if alpha is None else alpha, temperature=self.temperature, kind=self.loss_kind,
+            beta=self.beta, top_k=self.top_k,
         )
         del teacher_logits  # only the loss graph's own copies (the KD's saved tensors) live on to backward
         metrics["tokens"] = keep.sum().float()
@@ -235,12 +246,23 @@ class Distillation(PolicyModule):
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
                 "completion_length": out.lengths.float().mean()}
 
+    def step_is_on_policy(self) -> bool:
+        """Whether this step distils on the student's samples: a draw with probability λ seeded by
+        the step, so every DDP rank and a resumed run make the same choice."""
+        if self.on_policy in (0.0, 1.0):
+            return self.on_policy == 1.0
+        return random.Random(self.seed * 1_000_003 + self.global_step).random() < self.on_policy
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         extra = {}
-        if self.on_policy:
+        on_policy = self.step_is_on_policy()
+        if on_policy:
             batch = self.student_samples(batch)
             extra["train/completion_length"] = batch["completion_length"]
-        loss, metrics = self.distill_loss(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        if 0.0 < self.on_policy < 1.0:
+            extra["train/on_policy"] = torch.tensor(float(on_policy))
+        loss, metrics = self.distill_loss(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                          alpha=0.0 if on_policy else None)  # own samples: no references
         self.log_dict({"train/loss": loss.detach(), "train/ce": metrics["ce"], "train/kd": metrics["kd"],
                        "train/tokens": metrics["tokens"], **extra}, prog_bar=True, sync_dist=True)
         return loss
