@@ -143,6 +143,30 @@ def test_pairs_sampled_from_a_policy_checkpoint(tiny_backbone, tmp_path):
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
 
 
+def test_pairs_sampled_from_several_checkpoints_are_ranked_together(tiny_backbone, tmp_path):
+    from r1lab.models.tokenizer import save_tokenizer
+
+    policies = []
+    for i in range(2):  # two checkpoints with the same tokenizer and different weights
+        torch.manual_seed(i)
+        policies.append(tmp_path / f"policy{i}")
+        tiny_backbone.build_model().save_pretrained(policies[-1])
+        save_tokenizer(tiny_backbone.tokenizer, policies[-1])
+    records = world_records(4, seed=0)
+    kwargs = dict(k=3, rule="tests.test_preferences.by_length", pairs_per_prompt=None, max_new_tokens=6,
+                  batch_size=4, device="cpu")
+    write_sampled(records, policies, tmp_path / "both.jsonl", **kwargs)
+    rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    kinds = {(r["chosen_kind"].split(":")[0], r["rejected_kind"].split(":")[0]) for r in rows}
+    assert {"0", "1"} <= {k for pair in kinds for k in pair} and any(a != b for a, b in kinds)  # across checkpoints
+    assert all(len(r["chosen"]) < len(r["rejected"]) for r in rows)
+    assert rows[0]["source"] == f"{policies[0]},{policies[1]}"
+    # the first checkpoint's samples are those it gives alone: adding a checkpoint only adds candidates
+    write_sampled(records, policies[0], tmp_path / "one.jsonl", **kwargs)
+    alone = {r["chosen"] for r in map(json.loads, (tmp_path / "one.jsonl").read_text().splitlines())}
+    assert alone <= {r["chosen"] for r in rows} | {r["rejected"] for r in rows}
+
+
 def by_length(prompt: str, completion: str, reference: dict) -> float:
     """A rule for the test above: shorter is better (a random policy's samples rarely tie on it)."""
     return -len(completion)

@@ -20,6 +20,7 @@ COLUMNS = [
 ]
 CURVES = [("train/reward", "reward"), ("train/accuracy", "accuracy"), ("train/kl", "KL"),
           ("train/completion_length", "completion length")]
+RM_RAW = "train/reward/reward_model_raw"  # the neural reward's raw score, logged by GRPO (stage grpo_rm)
 
 
 def parameter_count(export: Path) -> int | None:
@@ -126,8 +127,10 @@ def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     rm = [s for s in stages if is_reward_model(root / s)]
+    raw = {s: points for s in rl if (points := scalars(root / s, RM_RAW))}  # RL stages scored by the RM
     if rm:
-        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        fig, axes = plt.subplots(1, 2 if raw else 1, figsize=(4.5 * (2 if raw else 1), 3.4), squeeze=False)
+        ax = axes[0][0]
         for s in rm:
             for tag in ("train/accuracy", "val/accuracy"):
                 points = scalars(root / s, tag)
@@ -136,6 +139,13 @@ def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
         ax.set_title("reward model pair accuracy")
         ax.set_xlabel("step")
         ax.legend()
+        if raw:
+            ax = axes[0][1]
+            for s, points in raw.items():
+                ax.plot(*zip(*points), label=s)
+            ax.set_title("raw reward-model score during RL")
+            ax.set_xlabel("optimizer step")
+            ax.legend()
         fig.tight_layout()
         path = out / "reward_model.png"
         fig.savefig(path, dpi=110)

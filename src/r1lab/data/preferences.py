@@ -320,12 +320,18 @@ def write_synthetic(records: list[dict], out: str | Path, rule: str = "r1_prefer
     return writer.finish()
 
 
-def write_sampled(records: list[dict], policy: str | Path, out: str | Path, *, k: int = 8, rule: str = "r1_preference",
+def write_sampled(records: list[dict], policy: str | Path | list, out: str | Path, *, k: int = 8, rule: str = "r1_preference",
                   pairs_per_prompt: int | None = 4, seed: int = 0, view: str = "response", template: str = "chat",
                   system_prompt: str | None = "", max_prompt_tokens: int = 256, max_new_tokens: int = 96,
                   temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, device: str = "auto",
                   force: bool = False) -> int:
-    """Pairs ranked among k samples per prompt from the policy at ``policy``; returns the pair count."""
+    """Pairs ranked among k samples per prompt from the policy at ``policy``; returns the pair count.
+
+    ``policy`` may be a list of checkpoints (sharing one tokenizer): each draws k samples per prompt
+    and the rule ranks them all together, so pairs also compare one checkpoint's answer with another's
+    (reward-model data from several model variants, as Llama 2 collected it); a sample's kind names
+    its checkpoint (``<i>:sample<j>``, i its place in the list).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -335,7 +341,11 @@ def write_sampled(records: list[dict], policy: str | Path, out: str | Path, *, k
 
     if k < 2:
         raise ValueError(f"k: need at least 2 completions per prompt to rank, got {k}")
-    settings = {"mode": "sample", "policy": str(policy), "k": k, "rule": rule, "pairs_per_prompt": pairs_per_prompt,
+    policies = [str(p) for p in policy] if isinstance(policy, (list, tuple)) else [str(policy)]
+    if not policies:
+        raise ValueError("policy: at least one checkpoint to sample from")
+    settings = {"mode": "sample", "policy": policies[0] if len(policies) == 1 else policies, "k": k,
+                "rule": rule, "pairs_per_prompt": pairs_per_prompt,
                 "seed": seed, "view": view, "template": template, "system_prompt": system_prompt,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
                 "batch_size": batch_size, "prompts": [r.get("id") or r["prompt"] for r in records]}
@@ -345,26 +355,33 @@ def write_sampled(records: list[dict], policy: str | Path, out: str | Path, *, k
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    tokenizer = load_tokenizer(str(policy))
+    tokenizer = load_tokenizer(policies[0])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(policy)).to(device).eval()
+    for other in policies[1:]:
+        if load_tokenizer(other).get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"policy: {other} does not share the tokenizer of {policies[0]}")
+    models = [AutoModelForCausalLM.from_pretrained(p).to(device).eval() for p in policies]
     tok = Tokenized(tokenizer, template, max_prompt_tokens, max_new_tokens, system_prompt)
     for chunk, part in _chunks(records, batch_size):
         if writer.done(chunk):
             continue
         batch = prompts(tok, part)
-        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk)
-        rollout = sample(model, batch["prompt_ids"].repeat_interleave(k, 0).to(device),
-                         batch["prompt_mask"].repeat_interleave(k, 0).to(device), max_new_tokens=max_new_tokens,
-                         eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, temperature=temperature,
-                         top_p=top_p, generator=generator)
-        texts = decode(tokenizer, rollout)
+        candidates: list[list[tuple[str, str]]] = [[] for _ in part]
+        for p, model in enumerate(models):
+            generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + chunk + 7_919 * p)
+            rollout = sample(model, batch["prompt_ids"].repeat_interleave(k, 0).to(device),
+                             batch["prompt_mask"].repeat_interleave(k, 0).to(device), max_new_tokens=max_new_tokens,
+                             eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, temperature=temperature,
+                             top_p=top_p, generator=generator)
+            texts = decode(tokenizer, rollout)
+            prefix = f"{p}:" if len(models) > 1 else ""
+            for i in range(len(part)):
+                candidates[i] += [(f"{prefix}sample{j}", t) for j, t in enumerate(texts[i * k : (i + 1) * k])]
         rows = []
-        for i, record in enumerate(part):
+        for record, cands in zip(part, candidates):
             rng = random.Random(f"{seed}/{record.get('id') or record['prompt']}")
-            candidates = [(f"sample{s}", t) for s, t in enumerate(texts[i * k : (i + 1) * k])]
-            rows += make_pairs(record, candidates, fn, rule, rng, pairs_per_prompt, view, str(policy))
+            rows += make_pairs(record, cands, fn, rule, rng, pairs_per_prompt, view, ",".join(policies))
         writer.write(chunk, rows)
     return writer.finish()
 
@@ -438,7 +455,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--force", action="store_true", help="start the file over instead of resuming it")
         if mode == "sample":
-            p.add_argument("--policy", required=True, help="a Hugging Face model folder (a stage's hf/ export)")
+            p.add_argument("--policy", required=True, nargs="+",
+                           help="Hugging Face model folders (stages' hf/ exports); several are ranked together")
             p.add_argument("--k", type=int, default=8, help="completions per prompt")
             p.add_argument("--temperature", type=float, default=1.0)
             p.add_argument("--top-p", type=float, default=1.0)
