@@ -75,7 +75,22 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
     for row in policy_rows:
         assert "–" not in row, row  # every cell filled
     assert (root / "rl_curves.png").stat().st_size > 10_000 and (root / "reward_model.png").is_file()
+    import matplotlib.pyplot as plt
+
+    # two panels: the reward model's pair accuracy and its raw score during grpo_rm (990 px, one is 495)
+    assert plt.imread(root / "reward_model.png").shape[1] > 900
     assert "| stage | accuracy |" in capsys.readouterr().out
     # a second run skips everything
     assert main(["--pipeline", "micro", "--root", str(tmp_path), "--no-report"]) == 0
     assert capsys.readouterr().out.count("skipped") == 11
+    # same seed, same machine: a run from scratch elsewhere gives the same table (all but wall-clock time)
+    again = tmp_path / "again"
+    assert main(["--pipeline", "micro", "--root", str(again)]) == 0
+    second = (again / "pipeline" / "micro" / "results.md").read_text()
+
+    def without_time(text: str) -> list[str]:
+        rows = [line.rsplit("|", 2)[0] for line in text.splitlines() if line.startswith("| ")]
+        return [r for r in rows if "time (s)" not in r]
+
+    assert len(without_time(table)) >= 9 and without_time(second) == without_time(table)
+    assert table.split("Reward model")[1] == second.split("Reward model")[1]
