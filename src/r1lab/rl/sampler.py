@@ -1,7 +1,10 @@
 """The rollout sampler: batched, KV-cached generation that also returns per-token log-probs.
 
 One prefill of the left-padded prompts, then one cached forward per new token for the whole batch;
-the loop stops as soon as every row has produced EOS. The log-probs it returns are those of the
+the loop stops as soon as every row has produced EOS. Llama/Qwen2 models decode with the static-cache
+decoder of ``fast_decode`` (same weights and modules, fewer ops per token); any other model, or a
+configuration it does not cover, uses the model's own Hugging Face forward (``HFDecoder``). Both feed
+the same sampling loop, so under one generator seed they draw the same tokens. The log-probs it returns are those of the
 temperature-scaled policy, log softmax(z / T), before top-p truncation: the same quantity the
 training pass computes (``sequence_logprobs``), so that π_old of GRPO is exactly the sampling policy
 (as TRL and verl do). ``sequence_logprobs`` of the same sequences must agree with them (tested).
@@ -13,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from r1lab.rl.fast_decode import StaticCacheDecoder
 
 
 @dataclass
@@ -29,7 +34,9 @@ class Rollout:
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / T) gathered at ``tokens``, in float32 without materialising (…, V) log-probs."""
-    logits = logits.float() / temperature  # (..., V)
+    logits = logits.float()  # (..., V)
+    if temperature != 1.0:
+        logits = logits / temperature
     picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
     return picked - torch.logsumexp(logits, dim=-1)
 
@@ -40,6 +47,46 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class HFDecoder:
+    """The generic path for any Hugging Face causal LM: its own forward with a ``DynamicCache``."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        self.attention = prompt_mask.long()
+        positions = (self.attention.cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
+        out = self.model(input_ids=prompt_ids, attention_mask=self.attention, position_ids=positions, use_cache=True)
+        self.cache, self.next_pos = out.past_key_values, positions[:, -1:] + 1  # (B, 1)
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=-1)
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_pos,
+                         past_key_values=self.cache, use_cache=True)
+        self.cache, self.next_pos = out.past_key_values, self.next_pos + 1
+        return out.logits[:, -1]
+
+
+def make_decoder(model, max_new_tokens: int, fast: bool = True):
+    """The static-cache decoder where the architecture allows it (``fast_decode``), else the generic one."""
+    if fast and StaticCacheDecoder.unsupported(model) is None:
+        return StaticCacheDecoder(model, max_new_tokens)
+    return HFDecoder(model)
+
+
+def _sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of (B, V) ``probs`` by inverting the CDF with one uniform per row.
+
+    The same distribution as ``torch.multinomial(probs, 1)``, which on CPU draws B·V exponentials
+    (most of a tiny model's sampling time). Zero-probability tokens are never drawn: ``searchsorted``
+    returns the first index whose cumulative mass exceeds u, and mass is flat across them.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 @torch.no_grad()
@@ -55,25 +102,24 @@ def sample(
     top_p: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    fast: bool = True,
 ) -> Rollout:
-    """Generate completions for left-padded prompts (B, P) with a KV cache."""
-    batch = prompt_ids.shape[0]
-    device = prompt_ids.device
-    attention = prompt_mask.long()
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
-    out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1]
-    next_pos = positions[:, -1:] + 1  # (B, 1)
+    """Generate completions for left-padded prompts (B, P) with a KV cache.
 
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    ``fast=False`` forces the generic Hugging Face forward even where the static-cache decoder applies.
+    """
+    batch = prompt_ids.shape[0]
+    decoder = make_decoder(model, max_new_tokens, fast)
+    logits = decoder.prefill(prompt_ids, prompt_mask)
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logps, masks = [], [], []
     for _ in range(max_new_tokens):
-        scaled = logits.float() / temperature  # (B, V)
+        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature  # (B, V)
         if greedy:
             token = scaled.argmax(-1)
         else:
             probs = (_top_p_filter(scaled, top_p) if top_p < 1.0 else scaled).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = _sample_categorical(probs, generator)
         logp = token_logprobs(scaled, token)  # temperature already applied
         alive = ~finished
         tokens.append(torch.where(alive, token, torch.full_like(token, pad_id)))
@@ -82,13 +128,7 @@ def sample(
         finished = finished | (alive & (token == eos_id))
         if finished.all():
             break
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
-        out = model(
-            input_ids=tokens[-1][:, None], attention_mask=attention, position_ids=next_pos,
-            past_key_values=cache, use_cache=True,
-        )
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        next_pos = next_pos + 1
+        logits = decoder.step(tokens[-1])
 
     return Rollout(
         completion_ids=torch.stack(tokens, 1),
