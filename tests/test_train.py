@@ -55,6 +55,21 @@ def test_fast_run_writes_tensorboard_checkpoint_export_and_metrics(make_cfg, tmp
     assert tok.decode(tok("What is 3 + 4?").input_ids) == "What is 3 + 4?"
 
 
+def test_export_of_the_best_checkpoint_instead_of_the_final_weights(make_cfg, tmp_path):
+    # validation at steps 2, 4, 6; the untrained model's accuracy stays 0, so the first one stays best
+    metrics = run(make_cfg("stage=sft", *FAST, "trainer.max_steps=6", "callbacks.hf_export.weights=best"))
+    best = sorted((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    assert [p.name for p in best] == ["best-step000002.ckpt"]
+    key = "policy.model.layers.0.mlp.up_proj.weight"
+    kept = torch.load(best[0], weights_only=False)["state_dict"][key]
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"][key]
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").model.layers[0].mlp.up_proj.weight
+    assert torch.equal(exported, kept) and not torch.equal(exported, final)
+    assert "test/accuracy" in metrics  # the test ran on those restored weights
+    with pytest.raises(ValueError, match="callbacks.hf_export.weights"):
+        run(make_cfg("stage=sft", *FAST, "callbacks.hf_export.weights=newest"))
+
+
 def test_resume_continues_where_the_run_stopped(make_cfg, tmp_path):
     first = make_cfg("stage=sft", *FAST, "test=false", "trainer.max_steps=4")
     run(first)

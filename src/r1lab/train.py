@@ -90,7 +90,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
-        log.info("Testing the final weights on the test split")
+        log.info("Testing the trained weights (the exported ones: callbacks.hf_export.weights) on the test split")
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else cfg.get("ckpt_path"))
         metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
 
