@@ -320,8 +320,9 @@ def write_synthetic(records: list[dict], out: str | Path, rule: str = "r1_prefer
     return writer.finish()
 
 
-def write_sampled(records: list[dict], policy: str | Path | list, out: str | Path, *, k: int = 8, rule: str = "r1_preference",
-                  pairs_per_prompt: int | None = 4, seed: int = 0, view: str = "response", template: str = "chat",
+def write_sampled(records: list[dict], policy: str | Path | list, out: str | Path, *, k: int = 8,
+                  rule: str = "r1_preference", pairs_per_prompt: int | None = 4, seed: int = 0,
+                  view: str = "response", template: str = "chat",
                   system_prompt: str | None = "", max_prompt_tokens: int = 256, max_new_tokens: int = 96,
                   temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 32, device: str = "auto",
                   force: bool = False) -> int:
