@@ -8,12 +8,13 @@ weights, and does per token only what the token needs:
 
 * the K/V cache is allocated once per rollout, (B, kv_heads, P + max_new_tokens, head_dim) per layer,
   and each new token's K/V is written in place at its slot;
-* the attention mask is one preallocated boolean "this slot holds a real token" row per sequence
-  (False on left padding), sliced to the slots written so far;
+* the attention mask is one preallocated boolean "this slot is left padding" row per sequence,
+  sliced to the slots written so far and applied with ``masked_fill``;
 * RoPE cos/sin of every decode position are computed once per rollout, by the model's own
   ``rotary_emb``, and applied with the modeling module's own ``apply_rotary_pos_emb``;
-* grouped-query attention needs no copy of the cache: the G query heads that share a K/V head are
-  folded into the query-length axis of ``scaled_dot_product_attention``;
+* attention is two batched matmuls and a float32 softmax (as the eager HF attention; on CPU this is
+  faster than ``scaled_dot_product_attention`` for one query token), and grouped-query attention needs
+  no copy of the cache: the G query heads that share a K/V head are folded into the query axis;
 * the prompt is prefilled once per distinct prompt (GRPO repeats each prompt G times) and its K/V rows
   are then copied to every row that has that prompt.
 
@@ -36,7 +37,6 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -83,8 +83,8 @@ class StaticCacheDecoder:
         batch, prompt_len = prompt_ids.shape
         device = prompt_ids.device
         self.prompt_len, self.length = prompt_len, prompt_len + self.max_new_tokens
-        self.real = torch.ones(batch, self.length, dtype=torch.bool, device=device)  # slot holds a real token
-        self.real[:, :prompt_len] = prompt_mask.bool()
+        self.padding = torch.zeros(batch, self.length, dtype=torch.bool, device=device)  # slot is left padding
+        self.padding[:, :prompt_len] = prompt_mask == 0
         positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
         decode_positions = positions[:, -1:] + 1 + torch.arange(self.max_new_tokens, device=device)
         self.cos, self.sin = self.model.model.rotary_emb(self.model.model.embed_tokens.weight, decode_positions)
@@ -95,11 +95,11 @@ class StaticCacheDecoder:
         unique_ids, unique_real = unique[:, :prompt_len], unique[:, prompt_len:] != 0
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
         eye = torch.eye(prompt_len, dtype=torch.bool, device=device)
-        mask = (unique_real[:, None, None, :] & causal) | eye  # (U, 1, P, P); padding sees itself
+        blocked = ~((unique_real[:, None, None, :] & causal) | eye)  # (U, 1, P, P); padding sees itself
         unique_positions = (unique_real.long().cumsum(-1) - 1).clamp(min=0)
         cos, sin = self.model.model.rotary_emb(self.model.model.embed_tokens.weight, unique_positions)
         self.cache, self.slot = [], 0
-        logits = self._forward(unique_ids, cos, sin, mask)  # fills self.cache with (U, kv, P, hd)
+        logits = self._forward(unique_ids, cos, sin, blocked)  # fills self.cache with (U, kv, P, hd)
         full = []
         for k, v in self.cache:  # (U, ...) -> (B, kv, P + max_new_tokens, hd)
             k_full = k.new_empty(batch, self.kv_heads, self.length, self.head_dim)
@@ -112,10 +112,10 @@ class StaticCacheDecoder:
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         t = self.slot - self.prompt_len  # index of this token among the new ones
-        mask = self.real[:, None, None, : self.slot + 1]  # (B, 1, 1, slots so far + this one)
-        return self._forward(tokens[:, None], self.cos[:, t : t + 1], self.sin[:, t : t + 1], mask)
+        blocked = self.padding[:, None, None, : self.slot + 1]  # (B, 1, 1, slots so far + this one)
+        return self._forward(tokens[:, None], self.cos[:, t : t + 1], self.sin[:, t : t + 1], blocked)
 
-    def _forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
         """Run S new tokens (B, S) into cache slots [slot, slot + S); returns the logits (B, V) of the last.
 
         In the prefill (slot 0) the cache is created here with exactly S slots.
@@ -125,7 +125,7 @@ class StaticCacheDecoder:
         start, end = self.slot, self.slot + s
         groups = heads // kv
         if s > 1 and groups > 1:  # query rows are ordered (group, position): repeat the mask rows per group
-            mask = mask.repeat(1, 1, groups, 1)
+            blocked = blocked.repeat(1, 1, groups, 1)
         x = model.model.embed_tokens(ids)  # (B, S, H)
         for i, layer in enumerate(model.model.layers):
             attn = layer.self_attn
@@ -141,10 +141,9 @@ class StaticCacheDecoder:
                 self.cache[i][1][:, :, start:end] = v
             k_all, v_all = self.cache[i]
             # GQA without repeating K/V: the G query heads of one K/V head become G·S query rows.
-            out = F.scaled_dot_product_attention(
-                q.reshape(batch, kv, groups * s, hd), k_all[:, :, :end], v_all[:, :, :end],
-                attn_mask=mask, scale=attn.scaling,
-            )  # (B, kv, G·S, hd)
+            scores = torch.matmul(q.reshape(batch, kv, groups * s, hd), k_all[:, :, :end].transpose(-1, -2))
+            scores = scores.mul_(attn.scaling).masked_fill_(blocked, float("-inf"))  # (B, kv, G·S, slots)
+            out = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v_all.dtype), v_all[:, :, :end])
             out = out.reshape(batch, heads, s, hd).transpose(1, 2).reshape(batch, s, heads * hd)
             x = x + attn.o_proj(out)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
