@@ -12,6 +12,7 @@ training pass computes (``sequence_logprobs``), so that π_old of GRPO is exactl
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +139,51 @@ def sample(
     )
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _can_share_prompts(model) -> bool:
+    """The shared-prompt forward needs the model's KV cache (off under activation checkpointing)."""
+    return _accepts_logits_to_keep(model) and not any(
+        getattr(m, "gradient_checkpointing", False) is True for m in model.modules()
+    )
+
+
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """The (B, T, V) logits that predict each completion token, with grad.
+
+    Where prompts repeat (GRPO's G completions per prompt), each distinct prompt runs once and its KV
+    cache, expanded to every row that shares it, is the prefix of one forward over the completions:
+    the same function of the weights as one forward over [prompt, completion] (autograd goes through
+    the cache), with the prompt's share of the FLOPs divided by G. Otherwise, or where the model
+    cannot do it, one full forward.
+    """
+    prompt_len, length = prompt_ids.shape[1], completion_ids.shape[1]
+    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()  # (B, P+T)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    unique, row_of = torch.unique(torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1), dim=0,
+                                  return_inverse=True)
+    if len(unique) == len(prompt_ids) or length < 2 or not _can_share_prompts(model):
+        keep = length + 1  # lm_head only where a completion token is predicted (and the last position)
+        extra = {"logits_to_keep": keep} if _accepts_logits_to_keep(model) else {}
+        logits = model(input_ids=torch.cat([prompt_ids, completion_ids], dim=1), attention_mask=attention,
+                       position_ids=positions, **extra).logits
+        return logits[:, -keep:-1]
+    unique_mask = unique[:, prompt_len:].long()
+    prompt = model(input_ids=unique[:, :prompt_len], attention_mask=unique_mask,
+                   position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+    cache = prompt.past_key_values
+    cache.batch_select_indices(row_of)  # (U, ...) -> (B, ...): each row gets its prompt's keys and values
+    # the last completion token predicts nothing that is scored: the completion pass stops before it
+    rest = model(input_ids=completion_ids[:, :-1], attention_mask=attention[:, :-1],
+                 position_ids=positions[:, prompt_len:-1], past_key_values=cache, use_cache=True).logits
+    return torch.cat([prompt.logits[row_of], rest], dim=1)
+
+
 def sequence_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -147,15 +193,11 @@ def sequence_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
 ):
-    """Per-token log-probs (B, T) of the completions under ``model`` (with grad), one full forward.
+    """Per-token log-probs (B, T) of the completions under ``model`` (with grad), from ``completion_logits``.
 
     With ``return_entropy`` also the policy's per-token entropy (B, T) (a diagnostic, no grad).
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # (B, P+T)
-    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1]  # (B, T, V) the logits that predict each completion token
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     logp = token_logprobs(logits, completion_ids, temperature) * completion_mask
     if not return_entropy:
         return logp
