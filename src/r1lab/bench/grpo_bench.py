@@ -2,9 +2,10 @@
 
 A fixed workload (below) runs in its own process through r1lab's GRPO module and, when ``trl`` is
 installed (the ``bench`` extra), through TRL's ``GRPOTrainer`` in a second process with the same model,
-prompts, G, lengths, β, fp32 and thread count. Each worker prints seconds per step (median after a
+prompts, G, lengths, β, fp32 and thread count (everything else at TRL's defaults, which include
+``gradient_checkpointing=True``). Each worker prints seconds per step (median after a
 warm-up step), sampled tokens per second, peak resident memory and, for r1lab, the share of the step
-spent sampling; r1lab's step is also compared with the bare model work it contains (a cached decode
+spent sampling (the rollout: decode and reference forward); r1lab's step is also compared with the bare model work it contains (a cached decode
 of the same length, one policy forward+backward and one reference forward over the same sequences).
 """
 
@@ -64,6 +65,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     from r1lab.models import Backbone
     from r1lab.modules.grpo import GRPO
     from r1lab.rewards import RewardSet
+    from r1lab.rl.fast_decode import StaticCacheDecoder
     from r1lab.rl.sampler import sample, sequence_logprobs
 
     torch.set_num_threads(w["threads"])
@@ -111,7 +113,9 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
         sequence_logprobs(module.reference, ids, mask, roll.completion_ids, roll.completion_mask)
     ref_s = time.perf_counter() - t0
     bare = decode_s + fwd_bwd_s + ref_s
-    return {"framework": "r1lab", "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
+    fallback = StaticCacheDecoder.unsupported(policy)
+    return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
+            "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
             "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
             "bare_model_work_s": bare, "overhead_vs_bare": step / bare}
 
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["trl"] = _worker("trl", model_dir)
     r = results["r1lab"]
     print(f"r1lab: {r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} sampled tokens/s, peak {r['peak_mb']:.0f} MB, "
-          f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}")
+          f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}; "
+          f"decoder: {r['decoder']}")
     if "trl" in results:
         t = results["trl"]
         results["speedup_vs_trl"] = t["step_s"] / r["step_s"]
