@@ -89,11 +89,13 @@ bench-grpo: $(STAMP) ## GRPO step time, tokens/s, memory on a fixed tiny workloa
 SWEEP_STEPS ?= 100
 sweep-kl: $(STAMP) ## GRPO multirun over KL estimator x beta from the cold start, summarised in a table
 	$(TRAIN) -m stage=grpo module.kl_estimator=k1,k2,k3 module.beta=0.01,0.1 trainer.max_steps=$(SWEEP_STEPS) \
+		trainer.val_check_interval=$(SWEEP_STEPS) \
 		callbacks.progress_bar=null $(ARGS)
 	$(BIN)/python -m r1lab.bench.sweep_summary outputs/grpo
 
 optuna-grpo: $(STAMP) ## Optuna search over GRPO knobs; objective: held-out accuracy
-	$(TRAIN) -m stage=grpo hparams_search=grpo_optuna trainer.max_steps=$(SWEEP_STEPS) callbacks.progress_bar=null $(ARGS)
+	$(TRAIN) -m stage=grpo hparams_search=grpo_optuna trainer.max_steps=$(SWEEP_STEPS) \
+		trainer.val_check_interval=$(SWEEP_STEPS) callbacks.progress_bar=null $(ARGS)
 
 kl-bench: $(STAMP) ## Monte Carlo study of the k1/k2/k3 KL estimators (table + plot in outputs/kl_study)
 	$(BIN)/python -m r1lab.bench.kl_study --out outputs/kl_study $(ARGS)

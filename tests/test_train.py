@@ -170,7 +170,10 @@ def test_optuna_search_over_grpo_knobs_optimises_the_held_out_accuracy(tmp_path)
     # the sweep summary tabulates both trials
     from r1lab.bench.sweep_summary import summarise
 
-    assert summarise(sweep).count("\n") == 3  # header, rule, two runs
+    summary = summarise(sweep)
+    assert summary.startswith("All runs: ") and "trainer.max_steps=" in summary.splitlines()[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and all("trainer.max_steps" not in r for r in rows)  # header + two trials
 
 
 def test_the_real_model_recipe_pins_the_published_r1_settings(make_cfg):

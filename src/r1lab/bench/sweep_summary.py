@@ -16,14 +16,18 @@ DEFAULT_METRICS = ("test/accuracy", "test/pass@1", "val/accuracy", "train/kl", "
 
 
 def summarise(sweep: Path, metrics: tuple[str, ...] = DEFAULT_METRICS) -> str:
-    rows = []
+    runs = []
     for run in sorted(p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
         overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         values = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-        rows.append((", ".join(o for o in overrides if not o.startswith(("stage=", "hydra"))), values))
-    if not rows:
+        runs.append(([o for o in overrides if not o.startswith(("stage=", "hydra"))], values))
+    if not runs:
         raise FileNotFoundError(f"{sweep}: no runs of a Hydra multirun here (no */.hydra/overrides.yaml)")
-    lines = ["| run | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    # overrides every run shares are said once, above the table; a row names what sets its run apart
+    shared = [o for o in runs[0][0] if all(o in overrides for overrides, _ in runs)] if len(runs) > 1 else []
+    rows = [(", ".join(o for o in overrides if o not in shared), values) for overrides, values in runs]
+    lines = [f"All runs: {', '.join(shared)}", ""] if shared else []
+    lines += ["| run | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for name, values in rows:
         cells = ["–" if m not in values else f"{values[m]:.3f}" for m in metrics]
         lines.append(f"| {name or '(defaults)'} | " + " | ".join(cells) + " |")
