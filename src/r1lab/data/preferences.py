@@ -425,7 +425,7 @@ class PreferenceFile(FileSource):
 
 # -- command line --------------------------------------------------------------------------------
 def world_records(n: int, seed: int = 0, split: str = "train", difficulty: tuple[int, int] = (1, 3),
-                  max_operand: int = 20, families: dict | None = None, val_size: int = 64,
+                  max_operand: int = 10, families: dict | None = None, val_size: int = 64,
                   test_size: int = 200) -> list[dict]:
     """The first ``n`` tasks of a tiny-world split (val/test sizes as in conf/data/tiny.yaml, so the
     train prompts are the policy's train prompts and never its evaluation prompts)."""
@@ -452,7 +452,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--split", default="train", help="tiny-world split to take prompts from")
         p.add_argument("--world-seed", type=int, default=0)
         p.add_argument("--difficulty", type=int, nargs=2, default=(1, 3))
-        p.add_argument("--max-operand", type=int, default=20)
+        p.add_argument("--max-operand", type=int, default=10, help="as conf/data/tiny.yaml")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--force", action="store_true", help="start the file over instead of resuming it")
         if mode == "sample":
