@@ -59,10 +59,12 @@ def plan(rounds: int, out: str | Path, policy: str, reward_model: str, pairs: st
                           f"module.rewards.functions.reward_model.path={reward_model}",
                           f"hydra.run.dir={d / 'grpo'}", *grpo_args], outputs=(str(new_policy),)),
             Step("pairs", [python, "-m", "r1lab.data.preferences", "sample", "--policy", str(new_policy),
-                           "--out", str(fresh), "--seed", str(seed + r), *pairs_args], outputs=(str(fresh),)),
+                           "--out", str(fresh), "--seed", str(seed + r), "--n-prompts", "4000", "--pairs-per-prompt",
+                           "4", *pairs_args], outputs=(str(fresh),)),  # a strong policy is rarely wrong: many prompts
             Step("mix", inputs=(str(fresh), str(pairs)), outputs=(str(mixed), str(history)), seed=seed + r),
             Step("rm", [*train, "stage=rm", "backbone=hf", f"backbone.name_or_path={reward_model}",
-                        f"data.source.path={mixed}", f"hydra.run.dir={d / 'rm'}", *rm_args],
+                        f"data.source.path={mixed}", f"hydra.run.dir={d / 'rm'}", "callbacks.hf_export.weights=best",
+                        *rm_args],
                  outputs=(str(new_rm),)),
         ]
         policy, reward_model, pairs = str(new_policy), str(new_rm), str(history)
