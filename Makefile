@@ -61,7 +61,7 @@ sft-data: $(STAMP) ## stage: rejection sampling of the GRPO policy into a versio
 sft2: $(STAMP) ## stage: SFT round 2 of the base model on the rejection-sampled set
 	$(PIPE) --stage sft2 $(ARGS)
 
-preferences: $(STAMP) ## stage: preference pairs sampled from the SFT-2 policy
+preferences: $(STAMP) ## stage: preference pairs sampled from the cold-start, RL and SFT-2 policies
 	$(PIPE) --stage preferences $(ARGS)
 
 rm: $(STAMP) ## stage: train the reward model on the preference pairs
