@@ -2,11 +2,12 @@
 
 A fixed workload (below) runs in its own process through r1lab's GRPO module and, when ``trl`` is
 installed (the ``bench`` extra), through TRL's ``GRPOTrainer`` in a second process with the same model,
-prompts, G, lengths, β, fp32 and thread count (everything else at TRL's defaults, which include
-``gradient_checkpointing=True``). Each worker prints seconds per step (median after a
-warm-up step), sampled tokens per second, peak resident memory and, for r1lab, the share of the step
-spent sampling (the rollout: decode and reference forward); r1lab's step is also compared with the bare model work it contains (a cached decode
-of the same length, one policy forward+backward and one reference forward over the same sequences).
+prompts, G, lengths, β, fp32 and thread count, and without gradient checkpointing (TRL turns it on
+by default; r1lab does not use it). Each worker prints seconds per step (median after a warm-up
+step), sampled tokens per second, peak resident memory and, for r1lab, the share of the step spent
+in the rollout (decode and reference forward); r1lab's step is also compared with the bare model
+work it contains (a cached decode of the same length, one policy forward+backward and one reference
+forward over the same sequences).
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def run_trl(model_dir: str, w: dict) -> dict:
             gradient_accumulation_steps=1, max_completion_length=w["max_new_tokens"], beta=w["beta"],
             learning_rate=w["lr"], max_steps=w["steps"], temperature=1.0, loss_type="grpo", num_iterations=1,
             seed=0, dataloader_num_workers=0,
+            gradient_checkpointing=False,  # TRL's default (True) recomputes the forward in backward; r1lab does not
         )
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, fmt], args=cfg, train_dataset=data,
