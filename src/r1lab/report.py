@@ -160,7 +160,8 @@ def write_report(root: Path, stages: list[str]) -> str:
     table, _ = results_table(root, stages)
     plots = plot_curves(root, stages, root)
     table = "\n".join([table, "", *reward_model_lines(root, stages)]).rstrip()
-    body = ["# Results", "", f"Pipeline folder: `{root}`. Test split: each stage's final weights.", "", table, ""]
+    where = f"Pipeline folder: `{root}`. Test split: each stage's exported weights (its final ones, or its best)."
+    body = ["# Results", "", where, "", table, ""]
     body += [f"![{p.stem}]({p.name})" for p in plots]
     (root / "results.md").write_text("\n".join(body) + "\n")
     return table
