@@ -1,6 +1,7 @@
 """Reward models: Bradley–Terry math by hand, last-token pooling, overfitting, the export, GRPO with a
 neural reward in its RewardSet, and the iterative-RL driver's plan."""
 
+import json
 import math
 
 import lightning as L
@@ -241,3 +242,38 @@ def test_iterative_mix_step_writes_replayed_training_set_and_history(tmp_path):
     rows = [json.loads(line) for line in mixed.read_text().splitlines()]
     assert [r["replay"] for r in rows] == [True] * 3 + [False] * 10 and rows[-1]["id"] == "n9"
     assert len(history.read_text().splitlines()) == 40
+
+
+def test_likelihood_baseline_sums_response_logprobs_and_ranks_pairs(tiny_backbone, tmp_path):
+    from r1lab.data.collate import Tokenized
+    from r1lab.models.tokenizer import save_tokenizer
+    from r1lab.rm.likelihood import main as likelihood_main
+    from r1lab.rm.likelihood import ranking_accuracy, response_logprobs
+
+    torch.manual_seed(0)
+    model = tiny_backbone.build_model().eval()
+    tok = Tokenized(tiny_backbone.tokenizer, "chat", 64, 64, "")
+    pairs = _pairs(4)
+    prompts, chosen = [p["prompt"] for p in pairs], [p["chosen"] for p in pairs]
+    sums, mins = response_logprobs(model, tok, prompts, chosen, batch_size=3)  # padded batches
+    for i, (prompt, response) in enumerate(zip(prompts, chosen)):  # one unpadded sequence at a time
+        p, r = tok.prompt_ids(prompt), tok.response_ids(response)
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([p + r])).logits[0, :-1].log_softmax(-1)
+        picked = logp[len(p) - 1 :].gather(-1, torch.tensor(r)[:, None])[:, 0]
+        assert sums[i].item() == pytest.approx(picked.sum().item(), abs=1e-3)
+        assert mins[i].item() == pytest.approx(picked.min().item(), abs=1e-4)
+    policy = tmp_path / "policy"
+    model.save_pretrained(policy)
+    save_tokenizer(tiny_backbone.tokenizer, policy)
+    # a pair and its mirror: exactly one of the two is ranked right, unless the two scores tie
+    mirrored = pairs[:1] + [dict(pairs[0], chosen=pairs[0]["rejected"], rejected=pairs[0]["chosen"])]
+    result = ranking_accuracy(policy, mirrored, max_response_tokens=64)
+    two = response_logprobs(model, tok, prompts[:1] * 2, [pairs[0]["chosen"], pairs[0]["rejected"]])
+    expected = [0.0 if torch.isclose(s[0], s[1]) else 0.5 for s in two]
+    assert result == {"pairs": 2, "sum_logprob": expected[0], "min_logprob": expected[1]}
+    assert expected[0] == 0.5  # two different responses do not tie on the summed log-prob
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(pairs[0]) + "\n" + json.dumps(dict(pairs[1], chosen="")) + "\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: missing or empty field 'chosen'"):
+        likelihood_main(["--policy", str(policy), "--pairs", str(bad)])

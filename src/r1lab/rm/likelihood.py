@@ -1,0 +1,83 @@
+"""A baseline for reward models: how well a policy's own likelihood ranks preference pairs.
+
+``python -m r1lab.rm.likelihood --policy outputs/pipeline/tiny/sft2/hf --pairs <pairs.jsonl> --last 256``
+scores each pair's chosen and rejected response by the policy's summed log-probability of the
+response tokens (and by the lowest single token log-probability) and prints the share of pairs in
+which the chosen one scores higher. No training is involved: a trained reward model that ranks
+fewer pairs than this has not learnt what its initialisation already knew. On the tiny world a
+wrong step is an unlikely token under a strong policy, so this baseline is high (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from r1lab.data.collate import IGNORE, Tokenized, sequences
+
+
+@torch.no_grad()
+def response_logprobs(model, tok: Tokenized, prompts: list[str], responses: list[str],
+                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum, min) over each response's tokens of log π(token | prefix); each (N,)."""
+    sums, mins = [], []
+    for i in range(0, len(responses), batch_size):
+        batch = sequences(tok, prompts[i : i + batch_size], responses[i : i + batch_size])
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
+        target = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        keep = target != IGNORE
+        logp = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
+        sums.append((logp * keep).sum(-1))
+        mins.append(logp.masked_fill(~keep, float("inf")).min(-1).values)
+    return torch.cat(sums), torch.cat(mins)
+
+
+def ranking_accuracy(policy: str | Path, pairs: list[dict], template: str = "chat", system_prompt: str = "",
+                     max_prompt_tokens: int = 256, max_response_tokens: int = 256) -> dict[str, float]:
+    """Share of pairs whose chosen response the policy finds more likely (summed and worst-token log-prob)."""
+    from transformers import AutoModelForCausalLM
+
+    from r1lab.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(policy))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(policy)).eval()
+    tok = Tokenized(tokenizer, template, max_prompt_tokens, max_response_tokens, system_prompt)
+    prompts = [p["prompt"] for p in pairs]
+    chosen_sum, chosen_min = response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs])
+    rejected_sum, rejected_min = response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs])
+    return {"pairs": len(pairs), "sum_logprob": (chosen_sum > rejected_sum).float().mean().item(),
+            "min_logprob": (chosen_min > rejected_min).float().mean().item()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog="python -m r1lab.rm.likelihood", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", required=True, help="a Hugging Face causal-LM folder (a stage's hf/ export)")
+    parser.add_argument("--pairs", required=True, type=Path, help="a preference JSONL (prompt, chosen, rejected)")
+    parser.add_argument("--last", type=int, default=256,
+                        help="score the file's last N pairs (the reward model's held-out test split); 0 = all")
+    args = parser.parse_args(argv)
+    if not args.pairs.is_file():
+        raise SystemExit(f"error: {args.pairs}: no such file")
+    rows = []
+    for number, line in enumerate(args.pairs.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            row = json.loads(line)
+            missing = [k for k in ("prompt", "chosen", "rejected") if not row.get(k)]
+            if missing:
+                raise SystemExit(f"error: {args.pairs}:{number}: missing or empty field {missing[0]!r}")
+            rows.append(row)
+    result = ranking_accuracy(args.policy, rows[-args.last :] if args.last else rows)
+    print(f"{args.policy} on {result['pairs']} pairs of {args.pairs}: the summed response log-prob ranks "
+          f"{result['sum_logprob']:.3f} of them right, the worst token's log-prob {result['min_logprob']:.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
