@@ -275,5 +275,5 @@ def test_likelihood_baseline_sums_response_logprobs_and_ranks_pairs(tiny_backbon
     assert expected[0] == 0.5  # two different responses do not tie on the summed log-prob
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(pairs[0]) + "\n" + json.dumps(dict(pairs[1], chosen="")) + "\n")
-    with pytest.raises(SystemExit, match=r"bad.jsonl:2: missing or empty field 'chosen'"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: field 'chosen' is empty"):
         likelihood_main(["--policy", str(policy), "--pairs", str(bad)])

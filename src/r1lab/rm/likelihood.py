@@ -11,12 +11,14 @@ wrong step is an unlikely token under a strong policy, so this baseline is high 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from r1lab.data.collate import IGNORE, Tokenized, sequences
+from r1lab.data.preferences import PreferenceFile
+from r1lab.data.sources import DataError
+from r1lab.rl.sampler import token_logprobs
 
 
 @torch.no_grad()
@@ -28,10 +30,10 @@ def response_logprobs(model, tok: Tokenized, prompts: list[str], responses: list
         batch = sequences(tok, prompts[i : i + batch_size], responses[i : i + batch_size])
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1].float()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
         target = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         keep = target != IGNORE
-        logp = logits.log_softmax(-1).gather(-1, target.clamp(min=0)[..., None])[..., 0]  # (B, T-1)
+        logp = token_logprobs(logits, target.clamp(min=0))  # (B, T-1)
         sums.append((logp * keep).sum(-1))
         mins.append(logp.masked_fill(~keep, float("inf")).min(-1).values)
     return torch.cat(sums), torch.cat(mins)
@@ -63,17 +65,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--last", type=int, default=256,
                         help="score the file's last N pairs (the reward model's held-out test split); 0 = all")
     args = parser.parse_args(argv)
-    if not args.pairs.is_file():
-        raise SystemExit(f"error: {args.pairs}: no such file")
-    rows = []
-    for number, line in enumerate(args.pairs.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            missing = [k for k in ("prompt", "chosen", "rejected") if not row.get(k)]
-            if missing:
-                raise SystemExit(f"error: {args.pairs}:{number}: missing or empty field {missing[0]!r}")
-            rows.append(row)
-    result = ranking_accuracy(args.policy, rows[-args.last :] if args.last else rows)
+    # the reward-model stage's own reader: the held-out test pairs are the file's last N, and a bad
+    # row fails with its file and line
+    source = PreferenceFile(str(args.pairs), sizes={"test": args.last} if args.last else {})
+    try:
+        rows = source.load("test" if args.last else "train", ("prompt", "chosen", "rejected"))
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    result = ranking_accuracy(args.policy, rows)
     print(f"{args.policy} on {result['pairs']} pairs of {args.pairs}: the summed response log-prob ranks "
           f"{result['sum_logprob']:.3f} of them right, the worst token's log-prob {result['min_logprob']:.3f}")
     return result
