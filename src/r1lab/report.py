@@ -59,10 +59,9 @@ def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def is_reward_model(folder: Path) -> bool:
-    config = folder / "hf" / "config.json"
-    if not config.is_file():
-        return False
-    return any(a.endswith("ForSequenceClassification") for a in json.loads(config.read_text()).get("architectures", []))
+    from r1lab.rm.model import reward_kind
+
+    return reward_kind(folder / "hf") is not None
 
 
 def reward_model_lines(root: Path, stages: list[str]) -> list[str]:

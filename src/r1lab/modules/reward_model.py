@@ -1,11 +1,13 @@
 """Reward-model training on preference pairs (the neural reward of R1 §2.3.4, DeepSeekMath §4.2).
 
-One forward scores every chosen and rejected sequence of a batch (the head is read at each one's
-last real token, see ``r1lab.rm.model``); the Bradley–Terry loss of ``r1lab.rm.losses`` ranks them.
+One forward scores every chosen and rejected sequence of a batch; the Bradley–Terry loss of
+``r1lab.rm.losses`` ranks them. Two kinds of reward (``r1lab.rm.model``): ``scalar``, a head read at
+each sequence's last real token (InstructGPT, R1), and ``likelihood``, β times the causal LM's own
+log-probability of the response (optionally relative to a frozen reference: DPO's implicit reward).
 Validation and test report held-out pair accuracy (share of pairs the model orders as the data
 does), the mean margin r_chosen − r_rejected and the range of the rewards. The export is a
-``*ForSequenceClassification`` folder plus ``r1lab_reward.json`` (the prompt template and token
-limits it was trained with), which ``r1lab.rm.NeuralReward`` loads inside GRPO.
+``*ForSequenceClassification`` folder (scalar) or a causal-LM folder (likelihood) plus
+``r1lab_reward.json`` (the kind and how it tokenizes), which ``r1lab.rm.NeuralReward`` loads inside GRPO.
 """
 
 from __future__ import annotations
@@ -19,10 +21,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 
+from r1lab.data.collate import IGNORE
 from r1lab.models.backbone import Backbone
 from r1lab.modules.base import PolicyModule, export_hf, log_epoch_metrics
 from r1lab.rm.losses import bradley_terry_loss
-from r1lab.rm.model import SETTINGS_FILE, build_reward_model, sequence_rewards
+from r1lab.rm.model import (
+    KINDS,
+    REDUCTIONS,
+    SETTINGS_FILE,
+    build_reward_model,
+    likelihood_rewards,
+    reward_kind,
+    sequence_rewards,
+)
 
 EVAL_METRICS = {"loss": MeanMetric, "accuracy": MeanMetric, "margin": MeanMetric, "reward_mean": MeanMetric,
                 "reward_min": MinMetric, "reward_max": MaxMetric}
@@ -39,13 +50,26 @@ class RewardModel(L.LightningModule):
         scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, or None.
         center_coef: c of the reward-centering term c·mean((r_c + r_r)²) (0 = off).
         use_margin: subtract each pair's ``margin`` inside the sigmoid (Llama 2's margin loss).
+        kind: ``scalar`` (a head at the last token) or ``likelihood`` (β·log π_θ of the response).
+        beta, reduction, reference: the likelihood kind's scale β, ``sum`` or ``mean`` over response
+            tokens, and an optional frozen reference model (a causal-LM folder) whose log-probability
+            is subtracted (DPO's implicit reward); ignored by the scalar kind.
         evaluation: the policy stages' evaluation settings; only ``num_text_samples`` applies here
             (held-out pairs logged as text with their rewards); pair accuracy needs no generation.
     """
 
     def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, center_coef: float = 0.0,
-                 use_margin: bool = False, evaluation: dict | None = None) -> None:
+                 use_margin: bool = False, evaluation: dict | None = None, kind: str = "scalar",
+                 beta: float = 1.0, reduction: str = "sum", reference: str | None = None) -> None:
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"module.kind: {kind!r} is not one of {KINDS}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"module.reduction: {reduction!r} is not one of {REDUCTIONS}")
+        if kind == "likelihood" and not beta > 0:
+            raise ValueError(f"module.beta: the likelihood reward's scale must be > 0, got {beta}")
+        self.kind, self.beta, self.reduction = kind, float(beta), reduction
+        self.reference_path = None if reference in (None, "") else str(reference)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
@@ -53,17 +77,44 @@ class RewardModel(L.LightningModule):
         self.center_coef, self.use_margin = center_coef, use_margin
         self.num_text_samples = int((evaluation or {}).get("num_text_samples", 4))
         self.model: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
         self.eval_metrics = torch.nn.ModuleDict(
             {f"{split}_{name}": cls() for split in ("val", "test") for name, cls in EVAL_METRICS.items()}
         )
 
     def configure_model(self) -> None:
-        if self.model is None:
+        if self.model is not None:
+            return
+        start = reward_kind(self.backbone.name_or_path) if self.backbone.name_or_path else None
+        if start is not None and start != self.kind:  # continuing an earlier reward model (iterative RL)
+            raise ValueError(f"module.kind: {self.kind!r}, but backbone.name_or_path {self.backbone.name_or_path} "
+                             f"is a {start!r} reward model; continue it with module.kind={start}")
+        if self.kind == "scalar":
             self.model = build_reward_model(self.backbone).train()  # from_pretrained returns eval mode
+            return
+        self.model = self.backbone.build_model().train()
+        if self.reference_path is not None:
+            from transformers import AutoModelForCausalLM
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) rewards of right- or left-padded sequences."""
-        return sequence_rewards(self.model, input_ids, attention_mask)
+            self.reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=self.model.dtype)
+            self.reference.eval().requires_grad_(False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) rewards of right- or left-padded sequences; the likelihood kind needs ``labels``
+        (token ids on the response, ``IGNORE`` elsewhere)."""
+        if self.kind == "scalar":
+            return sequence_rewards(self.model, input_ids, attention_mask)
+        if labels is None:
+            raise ValueError("a likelihood reward model scores the response tokens: pass labels")
+        return likelihood_rewards(self.model, input_ids, attention_mask, labels, self.beta, self.reduction,
+                                  self.reference)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # frozen: no dropout, whatever the trainer switches
+        return self
 
     # the same completion of partial optimizer/scheduler configs as every policy stage
     configure_optimizers = PolicyModule.configure_optimizers
@@ -76,7 +127,11 @@ class RewardModel(L.LightningModule):
         ids = torch.cat([_pad_to(chosen, width, pad), _pad_to(rejected, width, pad)])  # (2B, T)
         mask = torch.cat([_pad_to(batch["chosen_attention_mask"], width, 0),
                           _pad_to(batch["rejected_attention_mask"], width, 0)])
-        return self(ids, mask).chunk(2)
+        labels = None
+        if self.kind == "likelihood":
+            labels = torch.cat([_pad_to(batch["chosen_labels"], width, IGNORE),
+                                _pad_to(batch["rejected_labels"], width, IGNORE)])
+        return self(ids, mask, labels).chunk(2)
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         r_chosen, r_rejected = self.pair_rewards(batch)
@@ -132,14 +187,19 @@ class RewardModel(L.LightningModule):
 
     # -- export --------------------------------------------------------------------------------
     def export_hf(self, path: str | Path) -> Path:
-        """A ``*ForSequenceClassification`` folder (``from_pretrained`` loads it) and its tokenizer,
-        plus how it tokenizes (``r1lab_reward.json``: template, system prompt, token limits)."""
+        """A ``*ForSequenceClassification`` (scalar) or causal-LM (likelihood) folder that
+        ``from_pretrained`` loads, its tokenizer, and ``r1lab_reward.json``: the kind (with β, the
+        reduction and the reference for the likelihood kind) and how it tokenizes (template, system
+        prompt, token limits)."""
         trainer = self.trainer if self._trainer is not None else None
         path = export_hf(self.model, self.tokenizer, path, trainer)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        settings = {key: getattr(datamodule, key) for key in
-                    ("template", "system_prompt", "max_prompt_tokens", "max_response_tokens")
-                    if hasattr(datamodule, key)}
-        if settings and trainer.is_global_zero:  # without a datamodule, NeuralReward's defaults apply
+        settings = {"kind": self.kind}
+        if self.kind == "likelihood":
+            settings |= {"beta": self.beta, "reduction": self.reduction, "reference": self.reference_path}
+        settings |= {key: getattr(datamodule, key) for key in
+                     ("template", "system_prompt", "max_prompt_tokens", "max_response_tokens")
+                     if hasattr(datamodule, key)}  # without a datamodule, NeuralReward's defaults apply
+        if trainer is None or trainer.is_global_zero:
             (Path(path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
         return path

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1lab.data.preferences import replay_mix
+from r1lab.rm.model import export_settings, reward_kind
 
 PIPELINE = Path("outputs/pipeline/tiny")
 
@@ -50,6 +51,7 @@ def plan(rounds: int, out: str | Path, policy: str, reward_model: str, pairs: st
     pairs that reward model was trained on."""
     out, steps = Path(out), []
     train = [python, "-m", "r1lab.train", "callbacks.progress_bar=null"]
+    rm_args = (*continuation_overrides(reward_model), *rm_args)
     for r in range(1, rounds + 1):
         d = out / f"round{r}"
         new_policy, fresh, mixed, history, new_rm = (d / "grpo" / "hf", d / "fresh.jsonl", d / "pairs.jsonl",
@@ -69,6 +71,19 @@ def plan(rounds: int, out: str | Path, policy: str, reward_model: str, pairs: st
         ]
         policy, reward_model, pairs = str(new_policy), str(new_rm), str(history)
     return steps
+
+
+def continuation_overrides(reward_model: str | Path) -> list[str]:
+    """The module overrides that continue a reward-model export as the kind it is (its recorded
+    ``r1lab_reward.json``): nothing for a scalar head, ``module.kind=likelihood`` with its β, reduction
+    and reference for a likelihood reward model."""
+    if reward_kind(reward_model) != "likelihood":
+        return []
+    settings = export_settings(reward_model)
+    reference = settings.get("reference")
+    return ["module.kind=likelihood", f"module.beta={settings.get('beta', 1.0)}",
+            f"module.reduction={settings.get('reduction', 'sum')}",
+            f"module.reference={reference}" if reference else "module.reference=null"]
 
 
 def _read(path: str) -> list[dict]:

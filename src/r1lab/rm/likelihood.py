@@ -15,26 +15,21 @@ from pathlib import Path
 
 import torch
 
-from r1lab.data.collate import IGNORE, Tokenized, sequences
+from r1lab.data.collate import Tokenized, sequences
 from r1lab.data.preferences import PreferenceFile
 from r1lab.data.sources import DataError
-from r1lab.rl.sampler import token_logprobs
+from r1lab.rm.model import response_logprobs
 
 
 @torch.no_grad()
-def response_logprobs(model, tok: Tokenized, prompts: list[str], responses: list[str],
-                      batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def response_scores(model, tok: Tokenized, prompts: list[str], responses: list[str],
+                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum, min) over each response's tokens of log π(token | prefix); each (N,)."""
     sums, mins = [], []
     for i in range(0, len(responses), batch_size):
         batch = sequences(tok, prompts[i : i + batch_size], responses[i : i + batch_size])
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, :-1]
-        target = labels[:, 1:]  # (B, T-1): position t predicts token t+1
-        keep = target != IGNORE
-        logp = token_logprobs(logits, target.clamp(min=0))  # (B, T-1)
-        sums.append((logp * keep).sum(-1))
+        logp, keep = response_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        sums.append(logp.sum(-1))
         mins.append(logp.masked_fill(~keep, float("inf")).min(-1).values)
     return torch.cat(sums), torch.cat(mins)
 
@@ -52,8 +47,8 @@ def ranking_accuracy(policy: str | Path, pairs: list[dict], template: str = "cha
     model = AutoModelForCausalLM.from_pretrained(str(policy)).eval()
     tok = Tokenized(tokenizer, template, max_prompt_tokens, max_response_tokens, system_prompt)
     prompts = [p["prompt"] for p in pairs]
-    chosen_sum, chosen_min = response_logprobs(model, tok, prompts, [p["chosen"] for p in pairs])
-    rejected_sum, rejected_min = response_logprobs(model, tok, prompts, [p["rejected"] for p in pairs])
+    chosen_sum, chosen_min = response_scores(model, tok, prompts, [p["chosen"] for p in pairs])
+    rejected_sum, rejected_min = response_scores(model, tok, prompts, [p["rejected"] for p in pairs])
     return {"pairs": len(pairs), "sum_logprob": (chosen_sum > rejected_sum).float().mean().item(),
             "min_logprob": (chosen_min > rejected_min).float().mean().item()}
 

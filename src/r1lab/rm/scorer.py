@@ -4,7 +4,9 @@ R1 sums rule rewards (reasoning prompts) with neural rewards (general prompts): 
 on the final summary only, harmlessness on the whole response. ``NeuralReward`` loads a folder that
 ``RewardModel.export_hf`` wrote and scores a whole batch with one padded forward, without grad, in
 eval mode, on the policy's device. It joins a ``RewardSet`` like any rule reward: ``RewardSet`` calls
-``score_batch`` once per batch for objects that have it.
+``score_batch`` once per batch for objects that have it. Both kinds of export load: a scalar head
+(``*ForSequenceClassification``) and a likelihood reward model (a causal LM scored by β·log π of the
+response, minus its recorded reference's when it has one).
 
 Its raw scale is arbitrary (Bradley–Terry fixes only differences), so it is normalised before it is
 weighted next to 0/1 rule rewards: ``running`` (z-score by a running mean/std over every reward
@@ -14,7 +16,6 @@ remove a constant offset anyway; the scale is what sets its weight against the r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +23,7 @@ import torch
 
 from r1lab.data.collate import Tokenized, sequences
 from r1lab.rewards.format import THINK_CLOSE
-from r1lab.rm.model import SETTINGS_FILE, is_reward_export, sequence_rewards
+from r1lab.rm.model import export_settings, likelihood_rewards, reward_kind, sequence_rewards
 
 VIEWS = ("response", "answer")
 NORMALIZATIONS = ("running", "batch", "none")
@@ -95,12 +96,16 @@ class NeuralReward:
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"reward: normalize {normalize!r} is not one of {NORMALIZATIONS}")
         self.path = Path(path)
-        if not is_reward_export(self.path):
+        self.kind = reward_kind(self.path)
+        if self.kind is None:
             raise FileNotFoundError(
-                f"reward: {self.path} holds no reward-model export (a *ForSequenceClassification config.json); "
-                "train one with `python -m r1lab.train stage=rm`"
+                f"reward: {self.path} holds no reward-model export (a *ForSequenceClassification config.json, or "
+                "a causal LM whose r1lab_reward.json has kind: likelihood); train one with "
+                "`python -m r1lab.train stage=rm`"
             )
-        recorded = json.loads((self.path / SETTINGS_FILE).read_text()) if (self.path / SETTINGS_FILE).is_file() else {}
+        recorded = export_settings(self.path)
+        self.beta, self.reduction = float(recorded.get("beta", 1.0)), recorded.get("reduction", "sum")
+        self.reference_path = recorded.get("reference")
         self.template = template or recorded.get("template", "chat")
         self.system_prompt = system_prompt if system_prompt is not None else recorded.get("system_prompt", "")
         self.max_prompt_tokens = max_prompt_tokens or recorded.get("max_prompt_tokens", 256)
@@ -109,10 +114,10 @@ class NeuralReward:
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.moments = RunningMoments()
         self.last_raw: torch.Tensor | None = None  # the raw scores of the last batch
-        self._model = self._tok = None  # loaded on first use (and never pickled, see __getstate__)
+        self._model = self._tok = self._reference = None  # loaded on first use (never pickled, see __getstate__)
 
     def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         from r1lab.models.backbone import DTYPES
         from r1lab.models.tokenizer import load_tokenizer
@@ -121,8 +126,12 @@ class NeuralReward:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         device = _auto_device() if self.device == "auto" else torch.device(self.device)
-        model = AutoModelForSequenceClassification.from_pretrained(str(self.path), dtype=DTYPES[self.dtype])
+        auto = AutoModelForSequenceClassification if self.kind == "scalar" else AutoModelForCausalLM
+        model = auto.from_pretrained(str(self.path), dtype=DTYPES[self.dtype])
         self._model = model.to(device).eval().requires_grad_(False)
+        if self.kind == "likelihood" and self.reference_path:
+            reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=DTYPES[self.dtype])
+            self._reference = reference.to(device).eval().requires_grad_(False)
         self._tok = Tokenized(tokenizer, self.template, self.max_prompt_tokens, self.max_response_tokens,
                               self.system_prompt)
 
@@ -138,8 +147,12 @@ class NeuralReward:
         out = []
         for i in range(0, len(completions), step):
             batch = sequences(self._tok, prompts[i : i + step], completions[i : i + step])
-            out.append(sequence_rewards(self._model, batch["input_ids"].to(device),
-                                        batch["attention_mask"].to(device)).cpu())
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            if self.kind == "scalar":
+                out.append(sequence_rewards(self._model, ids, mask).cpu())
+            else:
+                out.append(likelihood_rewards(self._model, ids, mask, batch["labels"].to(device), self.beta,
+                                              self.reduction, self._reference).cpu())
         return torch.cat(out) if out else torch.zeros(0)
 
     def score_batch(self, prompts: list[str], completions: list[str], references: list[dict]) -> torch.Tensor:
@@ -159,8 +172,8 @@ class NeuralReward:
 
     def __getstate__(self) -> dict:
         # GRPO's hyperparameters (saved in every checkpoint) hold the RewardSet: keep the weights out.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_model", "_tok", "last_raw")} | {
-            "_model": None, "_tok": None, "last_raw": None}
+        dropped = ("_model", "_tok", "_reference", "last_raw")
+        return {k: v for k, v in self.__dict__.items() if k not in dropped} | dict.fromkeys(dropped)
 
     def state_dict(self) -> dict:
         return {"moments": self.moments.state_dict()}
@@ -169,7 +182,7 @@ class NeuralReward:
         self.moments.load_state_dict(state["moments"])
 
     def __repr__(self) -> str:
-        return f"NeuralReward({self.path}, view={self.view}, normalize={self.normalize})"
+        return f"NeuralReward({self.path}, kind={self.kind}, view={self.view}, normalize={self.normalize})"
 
 
 class RewardStateCheckpoint(L.Callback):
