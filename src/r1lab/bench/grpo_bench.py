@@ -175,10 +175,10 @@ def run_trl(model_dir: str, w: dict) -> dict:
     return {"framework": "trl", "step_s": step, "tokens_per_s": per_step_tokens / step, "peak_mb": _peak_mb()}
 
 
-def _worker(kind: str, model_dir: str) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(WORKLOAD["threads"]), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "r1lab.bench.grpo_bench", "--worker", kind, "--model", model_dir],
-                          env=env, capture_output=True, text=True)
+def _worker(kind: str, model_dir: str, w: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(w["threads"]), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "r1lab.bench.grpo_bench", "--worker", kind, "--model", model_dir,
+                           "--threads", str(w["threads"])], env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
@@ -191,16 +191,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo.json"))
+    parser.add_argument("--threads", type=int, default=WORKLOAD["threads"],
+                        help=f"torch/OpenMP threads of both workers (default {WORKLOAD['threads']}); "
+                             "on a shared machine pin the run, e.g. taskset -c 1 ... --threads 1")
     args = parser.parse_args(argv)
+    workload = {**WORKLOAD, "threads": args.threads}
     if args.worker:
-        result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, WORKLOAD)
+        result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, workload)
         print(json.dumps(result))
         return result
 
-    print("workload: " + ", ".join(f"{k}={v}" for k, v in WORKLOAD.items()), flush=True)
+    print("workload: " + ", ".join(f"{k}={v}" for k, v in workload.items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(_tiny_export(Path(tmp) / "tiny"))
-        results = {"workload": WORKLOAD, "r1lab": _worker("r1lab", model_dir)}
+        results = {"workload": workload, "r1lab": _worker("r1lab", model_dir, workload)}
         try:
             import trl  # noqa: F401
 
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             have_trl = False
             print("trl is not installed (pip install -e '.[bench]'): no comparison")
         if have_trl:
-            results["trl"] = _worker("trl", model_dir)
+            results["trl"] = _worker("trl", model_dir, workload)
     r = results["r1lab"]
     print(f"r1lab: {r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} sampled tokens/s, peak {r['peak_mb']:.0f} MB, "
           f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}; "
