@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from r1lab.data.collate import Tokenized, left_pad
@@ -55,3 +56,24 @@ def test_stops_when_every_row_ended(tiny_backbone, tokenizer):
     assert r.completion_ids.shape == (2, 1)
     assert r.truncated.tolist() == [False, False]
     assert decode(tokenizer, r) == ["", ""]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_logprob_and_entropy_equal_autograd(temperature):
+    """One pass for log-prob and entropy (custom backward) = token_logprobs + entropy_from_logits."""
+    from r1lab.rl import entropy_from_logits
+    from r1lab.rl.sampler import _LogprobEntropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 50, generator=gen)).requires_grad_(True)
+    tokens = torch.randint(0, 50, (3, 5), generator=gen)
+    weights = torch.randn(3, 5, generator=gen)
+    logp, entropy = _LogprobEntropy.apply(logits, tokens, temperature)
+    (logp * weights).sum().backward()
+    fused_grad, logits.grad = logits.grad, None
+    expected = token_logprobs(logits, tokens, temperature)
+    (expected * weights).sum().backward()
+    assert torch.equal(logp, expected.detach())  # the same logsumexp, the same value
+    assert torch.allclose(entropy, entropy_from_logits(logits.detach() / temperature), atol=1e-5)
+    assert not entropy.requires_grad
+    assert torch.allclose(fused_grad, logits.grad, atol=1e-6)

@@ -16,7 +16,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from r1lab.rl.fast_decode import StaticCacheDecoder
 
@@ -184,6 +183,39 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     return torch.cat([prompt.logits[row_of], rest], dim=1)
 
 
+class _LogprobEntropy(torch.autograd.Function):
+    """log softmax(z / T) at ``tokens`` and the entropy of softmax(z / T), from one pass over (…, V) logits.
+
+    The log-prob is ``token_logprobs``' value (z_token − logsumexp(z)); the entropy −Σ p·log p uses the
+    same logsumexp, and p = exp(z − logsumexp) is kept for the backward, d logp / dz = (onehot − p) / T,
+    instead of autograd's logsumexp + gather backward (two (…, V) passes and a zero-filled buffer). The
+    entropy is a diagnostic: no gradient flows through it.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature):
+        z = logits.float()
+        if temperature != 1.0:
+            z = z / temperature
+        logz = z - torch.logsumexp(z, dim=-1, keepdim=True)
+        logp = logz.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        probs = logz.exp()
+        entropy = -(probs * logz).sum(-1)
+        ctx.save_for_backward(probs, tokens)
+        ctx.temperature, ctx.dtype = temperature, logits.dtype
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        probs, tokens = ctx.saved_tensors
+        grad = probs * -grad_logp.unsqueeze(-1)
+        grad.scatter_add_(-1, tokens.unsqueeze(-1), grad_logp.unsqueeze(-1))
+        if ctx.temperature != 1.0:
+            grad = grad / ctx.temperature
+        return grad.to(ctx.dtype), None, None
+
+
 def sequence_logprobs(
     model,
     prompt_ids: torch.Tensor,
@@ -195,16 +227,14 @@ def sequence_logprobs(
 ):
     """Per-token log-probs (B, T) of the completions under ``model`` (with grad), from ``completion_logits``.
 
-    With ``return_entropy`` also the policy's per-token entropy (B, T) (a diagnostic, no grad).
+    With ``return_entropy`` also the policy's per-token entropy (B, T) (a diagnostic, no grad), from
+    the same pass over the logits (``_LogprobEntropy``).
     """
     logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    logp = token_logprobs(logits, completion_ids, temperature) * completion_mask
     if not return_entropy:
-        return logp
-    with torch.no_grad():
-        logz = F.log_softmax(logits.float() / temperature, dim=-1)
-        entropy = -(logz.exp() * logz).sum(-1) * completion_mask
-    return logp, entropy
+        return token_logprobs(logits, completion_ids, temperature) * completion_mask
+    logp, entropy = _LogprobEntropy.apply(logits, completion_ids, temperature)
+    return logp * completion_mask, entropy * completion_mask
 
 
 def decode(tokenizer, rollout: Rollout) -> list[str]:
