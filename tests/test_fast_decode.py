@@ -12,6 +12,7 @@ CONFIGS = {
     "llama-gqa": dict(family="llama", num_key_value_heads=2),
     "llama-mha-bias": dict(family="llama", num_key_value_heads=4, attention_bias=True),
     "qwen2-mqa": dict(family="qwen2", num_key_value_heads=1),  # q/k/v biases
+    "llama-all-biases": dict(family="llama", num_key_value_heads=2, attention_bias=True, mlp_bias=True),
 }
 
 
@@ -67,6 +68,20 @@ def test_fast_path_applies_and_matches_the_generic_path(name):
         if sampling.get("greedy"):
             assert not fast.truncated[0] and fast.completion_mask[0].sum() <= 4  # row 0 ends by its 4th token
             assert torch.equal(fast.completion_ids[0], fast.completion_ids[1])  # same prompt, same greedy output
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_decode_step_logits_equal_the_generic_forward(name):
+    """The fused per-token step (q/k/v/rot projection, baddbmm scores, addmm residuals) = the HF forward."""
+    model, tokenizer = _model(name)
+    ids, mask = _prompts(tokenizer)
+    tokens = torch.randint(0, model.config.vocab_size, (ids.shape[0], 10), generator=torch.Generator().manual_seed(0))
+    fast, generic = StaticCacheDecoder(model, 10), HFDecoder(model)
+    with torch.no_grad():
+        assert torch.allclose(fast.prefill(ids, mask), generic.prefill(ids, mask), atol=1e-5)
+        for t in range(tokens.shape[1]):
+            a, b = fast.step(tokens[:, t]), generic.step(tokens[:, t])
+            assert torch.allclose(a, b, atol=1e-5), (t, (a - b).abs().max())
 
 
 def test_fast_path_stops_when_every_row_ended():
