@@ -113,27 +113,27 @@ def sample(
     logits = decoder.prefill(prompt_ids, prompt_mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logps, masks = [], [], []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature  # (B, V)
         if greedy:
             token = scaled.argmax(-1)
         else:
             probs = (_top_p_filter(scaled, top_p) if top_p < 1.0 else scaled).softmax(-1)
             token = _sample_categorical(probs, generator)
-        logp = token_logprobs(scaled, token)  # temperature already applied
-        alive = ~finished
-        tokens.append(torch.where(alive, token, torch.full_like(token, pad_id)))
-        logps.append(torch.where(alive, logp, torch.zeros_like(logp)))
-        masks.append(alive.long())
-        finished = finished | (alive & (token == eos_id))
-        if finished.all():
-            break
-        logits = decoder.step(tokens[-1])
+        tokens.append(token)
+        logps.append(token_logprobs(scaled, token))  # temperature already applied
+        masks.append(~finished)
+        finished = finished | (token == eos_id)
+        if step == max_new_tokens - 1 or finished.all():
+            break  # no forward for a token that will not be sampled
+        # a finished row's next input is its own token: its logits are never used, and the rows are independent
+        logits = decoder.step(token)
 
+    mask = torch.stack(masks, 1)  # (B, T) alive before the token: the token is generated (EOS included)
     return Rollout(
-        completion_ids=torch.stack(tokens, 1),
-        completion_mask=torch.stack(masks, 1),
-        logprobs=torch.stack(logps, 1),
+        completion_ids=torch.stack(tokens, 1).masked_fill(~mask, pad_id),
+        completion_mask=mask.long(),
+        logprobs=torch.stack(logps, 1).masked_fill(~mask, 0.0),
         truncated=~finished,
     )
 
