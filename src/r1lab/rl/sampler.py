@@ -239,8 +239,7 @@ def sequence_logprobs(
 
 def decode(tokenizer, rollout: Rollout) -> list[str]:
     """Completion texts, without the EOS and padding."""
-    texts = []
-    for ids, mask in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist()):
-        ids = [t for t, m in zip(ids, mask) if m and t != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=False))
-    return texts
+    eos = tokenizer.eos_token_id  # a property: read once, not per token
+    rows = [[t for t, m in zip(ids, mask) if m and t != eos]
+            for ids, mask in zip(rollout.completion_ids.tolist(), rollout.completion_mask.tolist())]
+    return tokenizer.batch_decode(rows, skip_special_tokens=False)
