@@ -77,3 +77,56 @@ def test_fused_logprob_and_entropy_equal_autograd(temperature):
     assert torch.allclose(entropy, entropy_from_logits(logits.detach() / temperature), atol=1e-5)
     assert not entropy.requires_grad
     assert torch.allclose(fused_grad, logits.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_head_logprobs_equal_the_logits_path(temperature):
+    """lm_head fused with the log-softmax in row chunks (recomputed in backward) = lm_head, then autograd."""
+    from r1lab.rl import entropy_from_logits
+    from r1lab.rl.sampler import _LinearLogprob
+
+    gen = torch.Generator().manual_seed(0)
+    n, hidden_size, vocab = 600, 16, 512  # 256-row chunks: two full ones and a partial one
+    hidden = torch.randn(n, hidden_size, generator=gen).requires_grad_(True)
+    weight = torch.randn(vocab, hidden_size, generator=gen).requires_grad_(True)
+    tokens = torch.randint(0, vocab, (n,), generator=gen)
+    weights = torch.randn(n, generator=gen)
+    logp, entropy = _LinearLogprob.apply(hidden, weight, tokens, temperature, True)
+    (logp * weights).sum().backward()
+    fused = hidden.grad, weight.grad
+    hidden.grad = weight.grad = None
+    logits = hidden @ weight.t()
+    expected = token_logprobs(logits, tokens, temperature)
+    (expected * weights).sum().backward()
+    assert torch.allclose(logp, expected.detach(), atol=1e-5)
+    assert torch.allclose(entropy, entropy_from_logits(logits.detach() / temperature), atol=1e-5)
+    assert torch.allclose(fused[0], hidden.grad, atol=1e-5) and torch.allclose(fused[1], weight.grad, atol=1e-4)
+    assert _LinearLogprob.apply(hidden, weight, tokens, temperature, False)[1].numel() == 0  # no entropy asked
+
+
+def test_sequence_logprobs_head_split_equals_the_logits_path(tiny_backbone, tokenizer, monkeypatch):
+    from r1lab.rl import sampler
+
+    model = tiny_backbone.build_model().train()
+    assert sampler._head_split(model)
+    ids, mask = _prompts(tokenizer, ["What is 3 + 4?", "Hi", "What is 13 + 24?"])
+    ids, mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    with torch.no_grad():
+        r = sample(model.eval(), ids, mask, max_new_tokens=8, eos_id=-1, pad_id=tokenizer.pad_token_id,
+                   generator=torch.Generator().manual_seed(0))
+    model.train()
+    weights = torch.randn(r.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        model.zero_grad()
+        logp, entropy = sequence_logprobs(model, ids, mask, r.completion_ids, r.completion_mask, 0.8,
+                                          return_entropy=True)
+        (logp * weights).sum().backward()
+        return logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
+
+    split = run()
+    monkeypatch.setattr(sampler, "_head_split", lambda m: False)
+    full = run()
+    assert torch.allclose(split[0], full[0], atol=1e-5) and torch.allclose(split[1], full[1], atol=1e-5)
+    for a, b in zip(split[2], full[2]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
