@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -69,7 +70,8 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
         assert (root / stage / "hf" / "config.json").is_file(), stage
     assert (root / "sft_data" / "v1" / "data.jsonl").is_file() and (root / "preferences" / "pairs.jsonl").is_file()
     table = (root / "results.md").read_text()
-    policy_rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| stage")]
+    first_table = table.split("| stage |")[1].split("\n\n")[0]
+    policy_rows = [line for line in first_table.splitlines() if line.startswith("| ")]
     assert [r.split("|")[1].strip() for r in policy_rows] == [
         "base", "r1_zero", "sft", "grpo", "sft2", "grpo_rm", "distill", "student_sft"]
     for row in policy_rows:
@@ -79,10 +81,15 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
 
     # two panels: the reward model's pair accuracy and its raw score during grpo_rm (990 px, one is 495)
     assert plt.imread(root / "reward_model.png").shape[1] > 900
+    # the reward model's score on held-out answers of the policy before and after GRPO with it
+    scores = json.loads((root / "rm_score" / "scores.json").read_text())["rows"]
+    assert [Path(r["policy"]).parent.name for r in scores] == ["sft2", "grpo_rm"]
+    assert all(r["samples"] == 16 and r["score"] < 0 for r in scores)  # 8 prompts x 2; a log-prob is < 0
+    assert "| sft2 | " in table and "| grpo_rm | " in table.split("raw score on")[1]
     assert "| stage | accuracy |" in capsys.readouterr().out
     # a second run skips everything
     assert main(["--pipeline", "micro", "--root", str(tmp_path), "--no-report"]) == 0
-    assert capsys.readouterr().out.count("skipped") == 11
+    assert capsys.readouterr().out.count("skipped") == 12
     # same seed, same machine: a run from scratch elsewhere gives the same table (all but wall-clock time)
     again = tmp_path / "again"
     assert main(["--pipeline", "micro", "--root", str(again)]) == 0

@@ -386,3 +386,32 @@ def test_reward_model_rejects_unknown_kind_and_reduction(tiny_backbone):
         RewardModel(tiny_backbone, kind="likelihood", reduction="max")
     with pytest.raises(ValueError, match="module.beta"):
         RewardModel(tiny_backbone, kind="likelihood", beta=0)
+
+
+def test_rm_score_compares_policies_on_the_same_prompts_and_seeds(likelihood_module, tiny_backbone, tmp_path):
+    import json
+
+    from r1lab.rejection import PromptFormat
+    from r1lab.rm.score import main as score_main
+    from r1lab.rm.score import policy_samples
+
+    rm = likelihood_module.export_hf(tmp_path / "rm" / "hf")
+    policy = export_hf_policy(tiny_backbone, tmp_path / "sft2")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
+                               for a in range(3)))
+    rows = score_main(["--reward-model", str(rm), "--policy", str(policy), str(policy), "--prompts", str(prompts),
+                       "--k", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
+    assert rows[0] == rows[1] and rows[0]["samples"] == 6  # same prompts, same seeds: the same samples
+    # the score is the reward model's mean raw score of exactly those samples
+    records = [json.loads(line) for line in prompts.read_text().splitlines()]
+    texts = policy_samples(str(policy), records, PromptFormat("chat", "", 256), 2, 8, 1.0, 1.0, 0)
+    expected = NeuralReward(str(rm), normalize="none").raw_scores([r["prompt"] for r in records for _ in range(2)],
+                                                                  texts)
+    assert rows[0]["score"] == pytest.approx(expected.mean().item(), rel=1e-5) and rows[0]["score"] < 0
+    assert rows[0]["accuracy"] == 0.0 and rows[0]["score_correct"] is None  # a random policy is never right
+    assert rows[0]["score_wrong"] == pytest.approx(rows[0]["score"])
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Reward model `rm`'s raw score on 2 samples" in summary and "(3 prompts)" in summary
+    assert f"| sft2 | {rows[0]['score']:.3f} | – |" in summary
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["rows"] == rows

@@ -153,12 +153,18 @@ def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
     return written
 
 
+def stage_summaries(root: Path, stages: list[str]) -> list[str]:
+    """The ``summary.md`` that run stages write (e.g. ``rm_score``), in stage order."""
+    return [(root / name / "summary.md").read_text().rstrip() + "\n" for name in stages
+            if (root / name / "summary.md").is_file()]
+
+
 def write_report(root: Path, stages: list[str]) -> str:
     """Write results.md and the plots into the pipeline folder; return the table."""
     root = Path(root)
     table, _ = results_table(root, stages)
     plots = plot_curves(root, stages, root)
-    table = "\n".join([table, "", *reward_model_lines(root, stages)]).rstrip()
+    table = "\n".join([table, "", *reward_model_lines(root, stages), "", *stage_summaries(root, stages)]).rstrip()
     where = f"Pipeline folder: `{root}`. Test split: each stage's exported weights (its final ones, or its best)."
     body = ["# Results", "", where, "", table, ""]
     body += [f"![{p.stem}]({p.name})" for p in plots]
