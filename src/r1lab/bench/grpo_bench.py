@@ -8,6 +8,11 @@ step), sampled tokens per second, peak resident memory and, for r1lab, the share
 in the rollout (decode and reference forward); r1lab's step is also compared with the bare model
 work it contains (a cached decode of the same length, one policy forward+backward and one reference
 forward over the same sequences).
+
+``--threads N`` sets both workers' thread count (default: the workload's 2). On a machine shared with
+other jobs, pin the whole run to free cores and match the threads to them, e.g.
+``taskset -c 1 python -m r1lab.bench.grpo_bench --threads 1``: the ratio to TRL is only meaningful
+when both workers ran under the same pinning and load.
 """
 
 from __future__ import annotations
@@ -97,28 +102,34 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     trainer.fit(module, datamodule=dm)
     step = statistics.median(times[1:])
 
-    # The bare model work inside one step, on the same shapes.
+    # The bare model work inside one step, on the same shapes (median of 3 timings each).
     batch = next(iter(dm.train_dataloader()))
     ids = batch["prompt_ids"].repeat_interleave(w["group_size"], 0)
     mask = batch["prompt_mask"].repeat_interleave(w["group_size"], 0)
     policy, tok = module.policy, backbone.tokenizer
-    t0 = time.perf_counter()
-    roll = sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1, pad_id=tok.pad_token_id)
-    decode_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    logp = sequence_logprobs(policy, ids, mask, roll.completion_ids, roll.completion_mask)
-    logp.sum().backward()
-    fwd_bwd_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+
+    def timed(fn):
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = fn()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs), out
+
+    decode_s, roll = timed(lambda: sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
+                                          pad_id=tok.pad_token_id))
+    fwd_bwd_s, _ = timed(lambda: sequence_logprobs(policy, ids, mask, roll.completion_ids,
+                                                   roll.completion_mask).sum().backward())
     with torch.no_grad():
-        sequence_logprobs(module.reference, ids, mask, roll.completion_ids, roll.completion_mask)
-    ref_s = time.perf_counter() - t0
+        ref_s, _ = timed(lambda: sequence_logprobs(module.reference, ids, mask, roll.completion_ids,
+                                                   roll.completion_mask))
     bare = decode_s + fwd_bwd_s + ref_s
     fallback = StaticCacheDecoder.unsupported(policy)
     return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
             "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
             "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
-            "bare_model_work_s": bare, "overhead_vs_bare": step / bare}
+            "bare_model_work_s": bare, "overhead_vs_bare": step / bare,
+            "bare_s": {"decode": decode_s, "policy_fwd_bwd": fwd_bwd_s, "reference_fwd": ref_s}}
 
 
 def run_trl(model_dir: str, w: dict) -> dict:
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"r1lab: {r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} sampled tokens/s, peak {r['peak_mb']:.0f} MB, "
           f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}; "
           f"decoder: {r['decoder']}")
+    print("       bare model work: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["bare_s"].items()))
     if "trl" in results:
         t = results["trl"]
         results["speedup_vs_trl"] = t["step_s"] / r["step_s"]
