@@ -70,3 +70,25 @@ def test_bad_settings_name_the_key():
         TinyWorld(difficulty=[3, 1])
     with pytest.raises(ValueError, match="data.source.families"):
         TinyWorld(families={"poetry": 1.0}, sizes={"train": 1, "val": 0, "test": 0}).load("train")
+    with pytest.raises(ValueError, match="data.source.solutions: 'terse'"):
+        TinyWorld(solutions="terse")
+
+
+def test_short_solutions_keep_prompts_and_answers_and_drop_the_steps():
+    sizes = {"train": 60, "val": 4, "test": 8}
+    families = {"arith": 0.8, "code": 0.2}
+    full = TinyWorld(seed=2, sizes=sizes, families=families).load("train")
+    short = TinyWorld(seed=2, sizes=sizes, families=families, solutions="short").load("train")
+    assert [(r["prompt"], r["answer"]) for r in short] == [(r["prompt"], r["answer"]) for r in full]
+    for f, s in zip(full, short):
+        if f["task"] == "code":
+            assert s["response"] == f["response"]  # code solutions are one line already
+            continue
+        expression = f["prompt"].removeprefix("What is ").removesuffix("?")
+        assert s["response"] == f"<think> {expression} = {f['answer']} </think> <answer> {f['answer']} </answer>"
+        assert _evaluate(expression) == int(f["answer"])
+        assert f["response"].count(" is ") == f["difficulty"] and " is " not in s["response"]
+    assert any(r["task"] == "code" for r in short)
+    # the base corpus is built from the full solutions either way
+    corpus = dict(seed=2, sizes=sizes, families=families, corpus=True)
+    assert TinyWorld(**corpus, solutions="short").load("train") == TinyWorld(**corpus).load("train")

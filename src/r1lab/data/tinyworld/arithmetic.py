@@ -74,3 +74,10 @@ def generate_arithmetic_task(
         "cot_language": language,
         "difficulty": difficulty,
     }
+
+
+def short_response(record: dict) -> str:
+    """The arithmetic task's solution as many data sets write it: the expression and its value in one
+    line, e.g. "<think> 12 + 7 - 5 = 14 </think> <answer> 14 </answer>", with no intermediate steps."""
+    expression = record["prompt"].removeprefix("What is ").removesuffix("?")
+    return f"<think> {expression} = {record['answer']} </think> <answer> {record['answer']} </answer>"

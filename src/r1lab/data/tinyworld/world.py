@@ -12,9 +12,10 @@ import random
 from collections.abc import Mapping
 
 from r1lab.data.templates import R1_ZERO_TEMPLATE
-from r1lab.data.tinyworld.arithmetic import generate_arithmetic_task
+from r1lab.data.tinyworld.arithmetic import generate_arithmetic_task, short_response
 
 SPLITS = ("train", "val", "test")
+SOLUTIONS = ("full", "short")
 
 
 def _generate(family: str, rng: random.Random, difficulty: int, max_operand: int, language: str) -> dict:
@@ -60,6 +61,10 @@ class TinyWorld:
         max_operand: largest operand of the arithmetic tasks.
         zh_fraction: share of train solutions whose chain of thought is written in Chinese.
         corpus: make the train split a base pretraining corpus (see module docstring).
+        solutions: ``full`` (step-by-step chains of thought) or ``short`` (arithmetic solutions as one
+            line, "12 + 7 - 5 = 14", as most data sets give them; code tasks are unchanged). Prompts
+            and answers are the same either way; the distillation study compares a student trained
+            on the short solutions with one taught the teacher's chains of thought.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class TinyWorld:
         max_operand: int = 20,
         zh_fraction: float = 0.0,
         corpus: bool = False,
+        solutions: str = "full",
     ) -> None:
         self.seed = seed
         self.sizes = dict(sizes or {"train": 2000, "val": 64, "test": 200})
@@ -86,6 +92,9 @@ class TinyWorld:
         self.max_operand = max_operand
         self.zh_fraction = zh_fraction
         self.corpus = corpus
+        if solutions not in SOLUTIONS:
+            raise ValueError(f"data.source.solutions: {solutions!r} is not one of {SOLUTIONS}")
+        self.solutions = solutions
         self._splits: dict[str, list[dict]] | None = None
 
     def _build(self) -> dict[str, list[dict]]:
@@ -114,6 +123,8 @@ class TinyWorld:
                     continue
                 taken.add(record["prompt"])
                 record["id"] = f"{split}-{len(records)}"
+                if self.solutions == "short" and record["task"] == "arith" and not (self.corpus and split == "train"):
+                    record["response"] = short_response(record)
                 records.append(record)
             splits[split] = records
         if self.corpus:
@@ -131,4 +142,5 @@ class TinyWorld:
         return self._splits[split]
 
     def describe(self) -> str:
-        return f"tiny world (seed {self.seed}, families {self.families}, difficulty {list(self.difficulty)})"
+        solutions = "" if self.solutions == "full" else f", {self.solutions} solutions"
+        return f"tiny world (seed {self.seed}, families {self.families}, difficulty {list(self.difficulty)}{solutions})"
