@@ -13,7 +13,7 @@ STAMP := $(VENV)/.r1lab-installed
 TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm \
+.PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm rm-score \
 	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl clean
 
 help: ## list the targets
@@ -69,6 +69,9 @@ rm: $(STAMP) ## stage: train the reward model on the preference pairs
 
 grpo-rm: $(STAMP) ## stage: GRPO with rule rewards + the neural reward model
 	$(PIPE) --stage grpo_rm $(ARGS)
+
+rm-score: $(STAMP) ## stage: the reward model's score on held-out answers before (SFT-2) and after grpo_rm
+	$(PIPE) --stage rm_score $(ARGS)
 
 ROUNDS ?= 2
 iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, RM retrain with 10% replay)
