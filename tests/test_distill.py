@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from r1lab.data.collate import IGNORE, Collator, Tokenized
+from r1lab.data.tinyworld import TinyWorld
 from r1lab.models import Backbone, count_parameters
 from r1lab.models.tokenizer import save_tokenizer
 from r1lab.modules.distill import (
@@ -87,7 +88,6 @@ def test_a_tokenizer_mismatch_fails_before_training(teacher_dir, tmp_path):
     module = Distillation(other, Backbone(name_or_path=teacher_dir),
                           optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
     from r1lab.data import R1DataModule
-    from r1lab.data.tinyworld import TinyWorld
 
     dm = R1DataModule(TinyWorld(sizes={"train": 8, "val": 2, "test": 2}), mode="distill", batch_size=4)
     dm.connect(other.tokenizer)
@@ -187,7 +187,13 @@ def test_mixed_on_policy_fraction_draws_steps_and_drops_the_hard_labels_on_own_s
 
 
 def test_distill_stage_runs_and_exports_only_the_student(make_cfg, tmp_path, teacher_dir):
-    metrics = run(make_cfg("stage=distill", *FAST, f"module.teacher.name_or_path={teacher_dir}"))
+    # the stage trains on the teacher's samples (the pipeline's distill_data, a rejection-sampling set)
+    samples = tmp_path / "teacher_samples.jsonl"
+    records = TinyWorld(seed=5, sizes={"train": 40, "val": 0, "test": 0}).load("train")
+    samples.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "answer", "response")}) + "\n"
+                               for r in records))
+    metrics = run(make_cfg("stage=distill", *FAST, f"module.teacher.name_or_path={teacher_dir}",
+                           f"data.source.train.train={samples}"))
     for key in ("train/kd", "train/ce", "val/kd", "val/accuracy", "test/accuracy"):
         assert key in metrics, key
     written = json.loads((tmp_path / "metrics.json").read_text())

@@ -89,7 +89,7 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
     assert "| stage | accuracy |" in capsys.readouterr().out
     # a second run skips everything
     assert main(["--pipeline", "micro", "--root", str(tmp_path), "--no-report"]) == 0
-    assert capsys.readouterr().out.count("skipped") == 12
+    assert capsys.readouterr().out.count("skipped") == 13
     # same seed, same machine: a run from scratch elsewhere gives the same table (all but wall-clock time)
     again = tmp_path / "again"
     assert main(["--pipeline", "micro", "--root", str(again)]) == 0
