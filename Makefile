@@ -77,8 +77,8 @@ ROUNDS ?= 2
 iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, RM retrain with 10% replay)
 	$(BIN)/python -m r1lab.rm.iterative --rounds $(ROUNDS) --grpo-args "trainer.max_steps=50" $(ARGS)
 
-distill: $(STAMP) ## stage: distil the final policy into the small student (and train the SFT baseline student)
-	$(PIPE) --stage distill --stage student_sft $(ARGS)
+distill: $(STAMP) ## stages: the teacher's samples, the distilled small student and the SFT baseline student
+	$(PIPE) --stage distill_data --stage distill --stage student_sft $(ARGS)
 
 student-sft: $(STAMP) ## stage: the small student trained by plain SFT (the distillation baseline)
 	$(PIPE) --stage student_sft $(ARGS)

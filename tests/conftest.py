@@ -75,9 +75,10 @@ def pipeline_root(tmp_path_factory, tiny_backbone):
     model = tiny_backbone.build_model()
     for stage in POLICY_STAGES:
         export_hf(model, tiny_backbone.tokenizer, root / "pipeline" / "tiny" / stage / "hf")
-    # the rejection-sampled SFT set that sft2 reads (the tiny world's reference solutions stand in)
-    data = export_jsonl(root / "pipeline" / "tiny" / "sft_data" / "v1", {"train": 32}, layout="r1lab")
-    data["train"].rename(data["train"].with_name("data.jsonl"))
+    # the rejection-sampled sets that sft2 and distill read (the tiny world's reference solutions stand in)
+    for stage in ("sft_data", "distill_data"):
+        data = export_jsonl(root / "pipeline" / "tiny" / stage / "v1", {"train": 32}, layout="r1lab")
+        data["train"].rename(data["train"].with_name("data.jsonl"))
     # preference pairs (rm reads them) and a reward-model export (grpo_rm scores with it)
     from r1lab.data.preferences import world_records, write_synthetic
     from r1lab.modules.reward_model import RewardModel
