@@ -402,16 +402,20 @@ def test_rm_score_compares_policies_on_the_same_prompts_and_seeds(likelihood_mod
                                for a in range(3)))
     rows = score_main(["--reward-model", str(rm), "--policy", str(policy), str(policy), "--prompts", str(prompts),
                        "--k", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
-    assert rows[0] == rows[1] and rows[0]["samples"] == 6  # same prompts, same seeds: the same samples
+    # same prompts, same seeds: the same samples, so the paired change is exactly zero
+    assert {k: v for k, v in rows[1].items() if not k.startswith("change")} == rows[0] and rows[0]["samples"] == 6
+    assert rows[1]["change"] == 0.0 and rows[1]["change_se"] == 0.0 and "change" not in rows[0]
     # the score is the reward model's mean raw score of exactly those samples
     records = [json.loads(line) for line in prompts.read_text().splitlines()]
     texts = policy_samples(str(policy), records, PromptFormat("chat", "", 256), 2, 8, 1.0, 1.0, 0)
     expected = NeuralReward(str(rm), normalize="none").raw_scores([r["prompt"] for r in records for _ in range(2)],
                                                                   texts)
     assert rows[0]["score"] == pytest.approx(expected.mean().item(), rel=1e-5) and rows[0]["score"] < 0
+    assert rows[0]["score_se"] == pytest.approx(expected.std().item() / 6**0.5, rel=1e-4)
     assert rows[0]["accuracy"] == 0.0 and rows[0]["score_correct"] is None  # a random policy is never right
     assert rows[0]["score_wrong"] == pytest.approx(rows[0]["score"])
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "Reward model `rm`'s raw score on 2 samples" in summary and "(3 prompts)" in summary
-    assert f"| sft2 | {rows[0]['score']:.3f} | – |" in summary
+    assert f"| sft2 | {rows[0]['score']:.3f} ± {rows[0]['score_se']:.3f} | – | – |" in summary
+    assert summary.count("| sft2 | ") == 2 and "| +0.000 ± 0.000 |" in summary
     assert json.loads((tmp_path / "out" / "scores.json").read_text())["rows"] == rows

@@ -49,26 +49,39 @@ def policy_samples(policy: str, records: list[dict], fmt, k: int, max_new_tokens
 def score_policies(reward_model: str, policies: list[str], records: list[dict], fmt, k: int = 4,
                    max_new_tokens: int = 96, temperature: float = 1.0, top_p: float = 1.0,
                    seed: int = 0) -> list[dict]:
-    """One row per policy: ``score`` (the reward model's mean raw score), ``score_correct`` and
-    ``score_wrong`` (its mean on right and wrong answers; None when there are none), ``accuracy``."""
+    """One row per policy: ``score`` (the reward model's mean raw score) and ``score_se`` (its standard
+    error), ``score_correct`` and ``score_wrong`` (its mean on right and wrong answers; None when there
+    are none), ``accuracy``; from the second policy on also ``change`` and ``change_se``: the mean and
+    standard error over prompts of each prompt's mean score minus the first policy's (paired by prompt)."""
     from r1lab.evaluation import score_completions
     from r1lab.rm.scorer import NeuralReward
 
     scorer = NeuralReward(reward_model, normalize="none")
     prompts = [r["prompt"] for r in records for _ in range(k)]
     references = [r for r in records for _ in range(k)]
-    rows = []
+    rows, first = [], None
     for policy in policies:
         texts = policy_samples(policy, records, fmt, k, max_new_tokens, temperature, top_p, seed)
-        scores = scorer.raw_scores(prompts, texts)
+        scores = scorer.raw_scores(prompts, texts).double()
         correct = torch.tensor(score_completions(prompts, texts, references)["accuracy"]) > 0.5
-        rows.append({
+        per_prompt = scores.view(len(records), k).mean(1)
+        row = {
             "policy": policy, "samples": len(texts), "score": scores.mean().item(),
+            "score_se": _standard_error(scores),
             "score_correct": scores[correct].mean().item() if correct.any() else None,
             "score_wrong": scores[~correct].mean().item() if (~correct).any() else None,
             "accuracy": correct.float().mean().item(),
-        })
+        }
+        if first is None:
+            first = per_prompt
+        else:
+            row |= {"change": (per_prompt - first).mean().item(), "change_se": _standard_error(per_prompt - first)}
+        rows.append(row)
     return rows
+
+
+def _standard_error(values: torch.Tensor) -> float:
+    return (values.std() / values.numel() ** 0.5).item() if values.numel() > 1 else 0.0
 
 
 def label(path: str) -> str:
@@ -82,9 +95,12 @@ def summary(reward_model: str, rows: list[dict], k: int, n_prompts: int, tempera
 
     lines = [f"Reward model `{label(reward_model)}`'s raw score on {k} samples (temperature {temperature}) "
              f"per held-out prompt ({n_prompts} prompts):", "",
-             "| policy | RM score | on correct | on wrong | accuracy |", "|---|---|---|---|---|"]
-    lines += [f"| {label(r['policy'])} | {cell(r['score'])} | {cell(r['score_correct'])} | {cell(r['score_wrong'])} "
-              f"| {r['accuracy']:.3f} |" for r in rows]
+             f"| policy | RM score ± s.e. | change vs {label(rows[0]['policy'])} ± s.e. (paired by prompt) "
+             "| on correct | on wrong | accuracy |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        change = f"{r['change']:+.3f} ± {r['change_se']:.3f}" if "change" in r else "–"
+        lines.append(f"| {label(r['policy'])} | {r['score']:.3f} ± {r['score_se']:.3f} | {change} "
+                     f"| {cell(r['score_correct'])} | {cell(r['score_wrong'])} | {r['accuracy']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
