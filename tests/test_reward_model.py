@@ -419,3 +419,28 @@ def test_rm_score_compares_policies_on_the_same_prompts_and_seeds(likelihood_mod
     assert f"| sft2 | {rows[0]['score']:.3f} ± {rows[0]['score_se']:.3f} | – | – |" in summary
     assert summary.count("| sft2 | ") == 2 and "| +0.000 ± 0.000 |" in summary
     assert json.loads((tmp_path / "out" / "scores.json").read_text())["rows"] == rows
+
+
+def test_implicit_reward_against_a_reference_starts_at_zero_and_travels_with_the_export(tiny_backbone, tokenizer,
+                                                                                      tmp_path):
+    import json
+
+    reference = export_hf_policy(tiny_backbone, tmp_path / "ref")  # the same seeded weights as the model
+    module = RewardModel(tiny_backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3),
+                         kind="likelihood", beta=0.5, reference=str(reference))
+    module.configure_model()
+    assert module.reference is not None and not any(p.requires_grad for p in module.reference.parameters())
+    module.train()
+    assert not module.reference.training  # frozen: stays in eval mode
+    batch = Collator(Tokenized(tokenizer, "chat", 64, 64, ""), "preference")(_pairs(3))
+    with torch.no_grad():
+        r_chosen, r_rejected = module.pair_rewards(batch)
+    assert r_chosen.abs().max().item() == 0.0 and r_rejected.abs().max().item() == 0.0  # β·log π/π_ref, π = π_ref
+    optimized = {id(p) for group in module.configure_optimizers().param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.model.parameters()}  # the reference is not optimised
+    path = module.export_hf(tmp_path / "rm" / "hf")
+    assert json.loads((path / "r1lab_reward.json").read_text())["reference"] == str(reference)
+    pairs = _pairs(3)
+    neural = NeuralReward(str(path), normalize="none", template="chat", system_prompt="")
+    scores = neural.score_batch([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [{}] * 3)
+    assert scores.abs().max().item() == 0.0
