@@ -57,11 +57,6 @@ def reward_kind(path: str | Path) -> str | None:
     return "likelihood" if export_settings(path).get("kind") == "likelihood" else None
 
 
-def is_reward_export(path: str | Path) -> bool:
-    """True when ``path`` holds a reward model's export (either kind)."""
-    return reward_kind(path) is not None
-
-
 def build_reward_model(backbone: Backbone) -> torch.nn.Module:
     """``*ForSequenceClassification`` (num_labels=1) of the backbone's architecture.
 

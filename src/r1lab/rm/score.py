@@ -20,29 +20,27 @@ from pathlib import Path
 import torch
 
 
-@torch.no_grad()
 def policy_samples(policy: str, records: list[dict], fmt, k: int, max_new_tokens: int, temperature: float,
                    top_p: float, seed: int, batch_size: int = 50) -> list[str]:
-    """k completions per record (record-major) from the policy at ``policy``, seeded per batch."""
+    """k completions per record (record-major) from the policy at ``policy``, seeded per batch; drawn
+    by the rejection-sampling job's ``sample_completions``."""
     from transformers import AutoModelForCausalLM
 
-    from r1lab.data.collate import Tokenized, prompts
     from r1lab.models.tokenizer import load_tokenizer
-    from r1lab.rl.sampler import decode, sample
+    from r1lab.rejection import SamplingConfig, sample_completions
 
     tokenizer = load_tokenizer(policy)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy).eval()
-    tok = Tokenized(tokenizer, fmt.template, fmt.max_prompt_tokens, max_new_tokens, fmt.system_prompt)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(policy).to(device).eval()
+    sampling = SamplingConfig(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     texts: list[str] = []
     for start in range(0, len(records), batch_size):
-        batch = prompts(tok, records[start : start + batch_size])
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        ids, mask = batch["prompt_ids"].repeat_interleave(k, 0), batch["prompt_mask"].repeat_interleave(k, 0)
-        rollout = sample(model, ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
-                         pad_id=tokenizer.pad_token_id, temperature=temperature, top_p=top_p, generator=generator)
-        texts += decode(tokenizer, rollout)
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
+        per_record, _ = sample_completions(model, tokenizer, fmt, records[start : start + batch_size], sampling,
+                                           generator, device)
+        texts += [text for completions in per_record for text in completions]
     return texts
 
 
