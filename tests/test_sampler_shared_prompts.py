@@ -48,5 +48,8 @@ def test_shared_prompt_forward_equals_the_full_forward(family, monkeypatch):
 
 def test_no_shared_prompt_forward_under_activation_checkpointing():
     model, *_ = _setup("llama")
-    model.gradient_checkpointing_enable()
+    assert sampler._can_share_prompts(model)
+    model = Backbone(tiny={**ARCH, "family": "llama"}, gradient_checkpointing=True).build_model()
+    assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    assert model.config.use_cache is False
     assert not sampler._can_share_prompts(model)

@@ -123,9 +123,16 @@ class Backbone:
                 **kwargs,
             )
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.config.use_cache = False
+            enable_checkpointing(model)
         return model
 
     def describe(self) -> str:
         return self.name_or_path or f"tiny {self.tiny.get('family', 'llama')} {self.tiny}"
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing on a Hugging Face model, under the name its transformers version uses
+    (``activation_checkpointing_enable`` from 5.2x, where ``gradient_checkpointing_enable`` is deprecated)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False

@@ -49,24 +49,39 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def _cache_keyword(model) -> str:
+    """The forward's KV-cache argument: ``cache`` in transformers >= 5.2x (which deprecates
+    ``past_key_values`` and removes it in 5.40), ``past_key_values`` before."""
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def _returned_cache(out):
+    """The KV cache a forward returned, under either name (see ``_cache_keyword``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 class HFDecoder:
     """The generic path for any Hugging Face causal LM: its own forward with a ``DynamicCache``."""
 
     def __init__(self, model) -> None:
-        self.model = model
+        self.model, self.cache_keyword = model, _cache_keyword(model)
 
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         self.attention = prompt_mask.long()
         positions = (self.attention.cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
         out = self.model(input_ids=prompt_ids, attention_mask=self.attention, position_ids=positions, use_cache=True)
-        self.cache, self.next_pos = out.past_key_values, positions[:, -1:] + 1  # (B, 1)
+        self.cache, self.next_pos = _returned_cache(out), positions[:, -1:] + 1  # (B, 1)
         return out.logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.attention = torch.cat([self.attention, torch.ones_like(self.attention[:, :1])], dim=-1)
         out = self.model(input_ids=tokens[:, None], attention_mask=self.attention, position_ids=self.next_pos,
-                         past_key_values=self.cache, use_cache=True)
-        self.cache, self.next_pos = out.past_key_values, self.next_pos + 1
+                         use_cache=True, **{self.cache_keyword: self.cache})
+        self.cache, self.next_pos = _returned_cache(out), self.next_pos + 1
         return out.logits[:, -1]
 
 
@@ -179,11 +194,12 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     extra = {} if hidden else {"logits_to_keep": 1}
     prompt = net(input_ids=unique[:, :prompt_len], attention_mask=unique_mask,
                  position_ids=(unique_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
-    cache = prompt.past_key_values
+    cache = _returned_cache(prompt)
     cache.batch_select_indices(row_of)  # (U, ...) -> (B, ...): each row gets its prompt's keys and values
     # the last completion token predicts nothing that is scored: the completion pass stops before it
     rest = getattr(net(input_ids=completion_ids[:, :-1], attention_mask=attention[:, :-1],
-                       position_ids=positions[:, prompt_len:-1], past_key_values=cache, use_cache=True), field)
+                       position_ids=positions[:, prompt_len:-1], use_cache=True, **{_cache_keyword(net): cache}),
+                   field)
     return torch.cat([getattr(prompt, field)[:, -1:][row_of], rest], dim=1)
 
 

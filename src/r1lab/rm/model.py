@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from r1lab.data.collate import IGNORE
-from r1lab.models.backbone import DTYPES, Backbone
+from r1lab.models.backbone import DTYPES, Backbone, enable_checkpointing
 from r1lab.rl.sampler import token_logprobs
 
 SETTINGS_FILE = "r1lab_reward.json"  # how the exported reward model tokenizes (template, limits) and its kind
@@ -77,8 +77,7 @@ def build_reward_model(backbone: Backbone) -> torch.nn.Module:
             trust_remote_code=backbone.trust_remote_code, **kwargs,
         )
     if backbone.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_checkpointing(model)
     return model
 
 
