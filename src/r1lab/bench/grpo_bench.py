@@ -1,13 +1,16 @@
 """GRPO step benchmark on the tiny model: ``python -m r1lab.bench.grpo_bench`` (``make bench-grpo``).
 
-A fixed workload (below) runs in its own process through r1lab's GRPO module and, when ``trl`` is
-installed (the ``bench`` extra), through TRL's ``GRPOTrainer`` in a second process with the same model,
-prompts, G, lengths, β, fp32 and thread count, and without gradient checkpointing (TRL turns it on
-by default; r1lab does not use it). Each worker prints seconds per step (median after a warm-up
-step), sampled tokens per second, peak resident memory and, for r1lab, the share of the step spent
-in the rollout (decode and reference forward); r1lab's step is also compared with the bare model
-work it contains (a cached decode of the same length, one policy forward+backward and one reference
-forward over the same sequences).
+A fixed workload (below), on each of two prompt sets (``TEMPLATES``: the long R1-Zero prompts of the
+r1_zero stage and the short chat prompts of the grpo stage), runs in its own process through r1lab's
+GRPO module and, when ``trl`` is installed (the ``bench`` extra), through TRL's ``GRPOTrainer`` in a
+second process with the same model, prompts, G, lengths, β, fp32 and thread count, and without
+gradient checkpointing (TRL turns it on by default; r1lab does not use it). Each worker prints
+seconds per step (median after a warm-up step), sampled tokens per second, peak resident memory and,
+for r1lab, the share of the step spent in the rollout (decode and reference forward); r1lab's step is
+also compared with the bare model work it contains (a cached decode of the same length, one policy
+forward+backward and one reference forward over the same sequences). Each framework runs
+``--repeats`` times per prompt set (default 3), alternating which goes first (the machine's speed
+drifts); the speed-up printed is the median of the paired ratios.
 
 ``--threads N`` sets both workers' thread count (default: the workload's 2). On a machine shared with
 other jobs, pin the whole run to free cores and match the threads to them, e.g.
@@ -18,6 +21,7 @@ when both workers ran under the same pinning and load.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -37,7 +41,13 @@ WORKLOAD = {
     "lr": 1e-5,
     "steps": 6,  # the first is a warm-up and is not counted
     "threads": 2,
-    "template": "chat",
+    "template": "r1_zero",
+}
+
+# The two prompt sets the workload runs on, the two GRPO stages of the tiny pipeline.
+TEMPLATES = {
+    "r1_zero": "the r1_zero stage's prompts: the paper's R1-Zero template, 92-102 tokens",
+    "chat": "the grpo stage's prompts: the chat template without a system prompt, 11-21 tokens",
 }
 
 
@@ -189,11 +199,46 @@ def run_trl(model_dir: str, w: dict) -> dict:
 def _worker(kind: str, model_dir: str, w: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(w["threads"]), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "r1lab.bench.grpo_bench", "--worker", kind, "--model", model_dir,
-                           "--threads", str(w["threads"])], env=env, capture_output=True, text=True)
+                           "--threads", str(w["threads"]), "--template", w["template"], "--steps", str(w["steps"])],
+                          env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def compare(model_dir: str, w: dict, repeats: int, have_trl: bool) -> dict:
+    """``repeats`` runs of each framework on one workload, alternating which goes first (the machine's
+    speed drifts); the speed-up is the median of the paired ratios TRL ÷ r1lab."""
+    runs: dict[str, list] = {"r1lab": [], "trl": []}
+    for i in range(repeats):
+        order = ["r1lab", "trl"] if i % 2 == 0 else ["trl", "r1lab"]
+        for kind in order:
+            if kind == "r1lab" or have_trl:
+                runs[kind].append(_worker(kind, model_dir, w))
+    out = {"workload": w, "r1lab": runs["r1lab"]}
+    if have_trl:
+        out["trl"] = runs["trl"]
+        out["speedup_vs_trl"] = [t["step_s"] / r["step_s"] for r, t in zip(runs["r1lab"], runs["trl"])]
+        out["median_speedup_vs_trl"] = statistics.median(out["speedup_vs_trl"])
+    return out
+
+
+def _report(name: str, res: dict) -> None:
+    def med(kind: str, key: str) -> float:
+        return statistics.median(run[key] for run in res[kind])
+
+    r = res["r1lab"][-1]
+    print(f"[{name}] {TEMPLATES[name]}")
+    print(f"  r1lab: {med('r1lab', 'step_s'):.3f} s/step, {med('r1lab', 'tokens_per_s'):.0f} sampled tokens/s, "
+          f"peak {med('r1lab', 'peak_mb'):.0f} MB, sampling {100 * med('r1lab', 'sample_share'):.0f}% of the step; "
+          f"step / bare model work = {med('r1lab', 'overhead_vs_bare'):.2f}; decoder: {r['decoder']}")
+    print("         bare model work (last run): " + ", ".join(f"{k} {v:.3f} s" for k, v in r["bare_s"].items()))
+    if "trl" in res:
+        print(f"  trl:   {med('trl', 'step_s'):.3f} s/step, {med('trl', 'tokens_per_s'):.0f} sampled tokens/s, "
+              f"peak {med('trl', 'peak_mb'):.0f} MB")
+        ratios = " / ".join(f"{x:.2f}" for x in res["speedup_vs_trl"])
+        print(f"  r1lab is {res['median_speedup_vs_trl']:.2f}x faster per step than TRL (median; runs: {ratios})")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -205,36 +250,32 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=WORKLOAD["threads"],
                         help=f"torch/OpenMP threads of both workers (default {WORKLOAD['threads']}); "
                              "on a shared machine pin the run, e.g. taskset -c 1 ... --threads 1")
+    parser.add_argument("--template", nargs="+", choices=list(TEMPLATES), default=list(TEMPLATES),
+                        help="the workloads' prompts: " + "; ".join(f"{k}: {v}" for k, v in TEMPLATES.items()))
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each framework per workload (default 3)")
+    parser.add_argument("--steps", type=int, default=WORKLOAD["steps"],
+                        help=f"GRPO steps per run, the first a warm-up (default {WORKLOAD['steps']})")
     args = parser.parse_args(argv)
-    workload = {**WORKLOAD, "threads": args.threads}
+    if args.steps < 2 or args.repeats < 1:
+        parser.error("--steps must be >= 2 (the first is a warm-up) and --repeats >= 1")
+    base = {**WORKLOAD, "threads": args.threads, "steps": args.steps}
     if args.worker:
+        workload = {**base, "template": args.template[0]}
         result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, workload)
         print(json.dumps(result))
         return result
 
-    print("workload: " + ", ".join(f"{k}={v}" for k, v in workload.items()), flush=True)
+    have_trl = not args.no_trl and importlib.util.find_spec("trl") is not None
+    if not have_trl and not args.no_trl:
+        print("trl is not installed (pip install -e '.[bench]'): no comparison")
+    print("workload: " + ", ".join(f"{k}={v}" for k, v in base.items() if k != "template") +
+          f"; {args.repeats} run(s) of each framework per template", flush=True)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(_tiny_export(Path(tmp) / "tiny"))
-        results = {"workload": workload, "r1lab": _worker("r1lab", model_dir, workload)}
-        try:
-            import trl  # noqa: F401
-
-            have_trl = not args.no_trl
-        except ImportError:
-            have_trl = False
-            print("trl is not installed (pip install -e '.[bench]'): no comparison")
-        if have_trl:
-            results["trl"] = _worker("trl", model_dir, workload)
-    r = results["r1lab"]
-    print(f"r1lab: {r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} sampled tokens/s, peak {r['peak_mb']:.0f} MB, "
-          f"sampling {100 * r['sample_share']:.0f}% of the step; step / bare model work = {r['overhead_vs_bare']:.2f}; "
-          f"decoder: {r['decoder']}")
-    print("       bare model work: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["bare_s"].items()))
-    if "trl" in results:
-        t = results["trl"]
-        results["speedup_vs_trl"] = t["step_s"] / r["step_s"]
-        print(f"trl:   {t['step_s']:.3f} s/step, {t['tokens_per_s']:.0f} sampled tokens/s, peak {t['peak_mb']:.0f} MB")
-        print(f"r1lab is {results['speedup_vs_trl']:.2f}x faster per step than TRL on this workload")
+        for name in args.template:
+            results[name] = compare(model_dir, {**base, "template": name}, args.repeats, have_trl)
+            _report(name, results[name])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return results
