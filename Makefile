@@ -85,7 +85,7 @@ student-sft: $(STAMP) ## stage: the small student trained by plain SFT (the dist
 
 bench: bench-grpo kl-bench ## all benchmarks
 
-bench-grpo: $(STAMP) ## GRPO step time, tokens/s, memory on a fixed tiny workload (vs TRL with the bench extra)
+bench-grpo: $(STAMP) ## GRPO step time, tokens/s, memory on the tiny model, R1-Zero and chat prompts (vs TRL, paired runs)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python -m r1lab.bench.grpo_bench $(ARGS)
 
