@@ -4,6 +4,7 @@ test cases). Every hostile program must score 0 quickly and leave the test proce
 from __future__ import annotations
 
 import glob
+import json
 import os
 import random
 import socket
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from r1lab.data.tinyworld.code_tasks import generate_code_task
-from r1lab.rewards import RewardSet, code
+from r1lab.rewards import RewardSet, code, sandbox
 from r1lab.rewards.code import code_reward, extract_program, run_sandboxed
 from r1lab.rewards.language import language_consistency
 
@@ -27,13 +28,23 @@ def answer(program: str) -> str:
     return f"<think> multiply x by 3 then add 1 </think> <answer> {program} </answer>"
 
 
-def children() -> set[int]:
-    """Live child processes of this test process."""
-    pids: set[int] = set()
-    for path in glob.glob(f"/proc/{os.getpid()}/task/*/children"):
-        with open(path) as f:
-            pids.update(int(pid) for pid in f.read().split())
-    return pids
+def descendants(pid: int | None = None) -> set[int]:
+    """Live descendants of this test process (children, their children, ...)."""
+    found: set[int] = set()
+    for path in glob.glob(f"/proc/{pid or os.getpid()}/task/*/children"):
+        try:
+            with open(path) as f:
+                kids = {int(kid) for kid in f.read().split()}
+        except OSError:  # exited meanwhile
+            continue
+        for kid in kids:
+            found |= {kid} | descendants(kid)
+    return found
+
+
+def stray_processes() -> set[int]:
+    """Descendants other than the sandbox's idle zygotes: workers, or what a program started."""
+    return descendants() - sandbox.zygote_pids()
 
 
 def without_python_guards(monkeypatch):
@@ -135,13 +146,14 @@ def test_busy_loop_is_stopped_by_the_cpu_limit():
 def test_fork_bomb_scores_zero_and_leaves_no_process(monkeypatch, python_guards):
     if not python_guards:
         without_python_guards(monkeypatch)  # RLIMIT_NPROC (and, as root, dropping to nobody) alone
-    before = children()
+    run_sandboxed("def f(x): return x", TESTS)  # the zygotes are up before we count
+    before = stray_processes()
     start = time.monotonic()
     result = run_sandboxed("import os\nwhile True:\n    os.fork()", TESTS, timeout_s=2.0)
     assert time.monotonic() - start < 1.0  # the first fork fails; nothing runs to the timeout
     assert (result.passed, result.status) == (0, "error")
     assert ("BlockingIOError" if not python_guards else "PermissionError") in result.detail
-    assert children() <= before
+    assert stray_processes() <= before
     assert run_sandboxed("def f(x): return x*3+1", TESTS).passed == 4  # the sandbox still works
 
 
@@ -189,6 +201,171 @@ def test_as_root_the_program_runs_as_nobody(tmp_path, monkeypatch):
     assert run_sandboxed("import os\ndef f(x): return os.getuid()", [[[0], code.NOBODY]]).passed == 1
 
 
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside the sandbox that the sandboxed uid may write to and read by the file
+    permissions alone (owned by nobody when the tests run as root, mode 777, on a world-searchable
+    path), so that only the sandbox's own guards stand between a program and its files."""
+    folder = tempfile.mkdtemp(prefix="r1lab-outside-")
+    os.chmod(folder, 0o777)
+    if os.geteuid() == 0:
+        os.chown(folder, code.NOBODY, code.NOBODY)
+    yield folder
+    subprocess.run(["rm", "-rf", folder], check=False)
+
+
+def _owned_by_sandbox_uid(path: str, text: str, mode: int = 0o666) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        os.chown(path, code.NOBODY, code.NOBODY)
+
+
+@pytest.mark.parametrize(
+    ("attack", "python_guards"),
+    [
+        ("import os\ndef f(x):\n    os.close(os.open({file!r}, os.O_WRONLY | os.O_TRUNC))\n    return x*3+1", True),
+        ("import io\ndef f(x):\n    io.FileIO({file!r}, 'w').close()\n    return x*3+1", True),
+        ("import os\ndef f(x):\n    os.mkdir({folder!r} + '/new')\n    return x*3+1", True),
+        ("import os\ndef f(x):\n    fd = os.open({folder!r} + '/new', os.O_WRONLY | os.O_CREAT)\n    return x*3+1", True),
+        ("import os\ndef f(x):\n    os.remove({file!r})\n    return x*3+1", False),
+        ("import os\ndef f(x):\n    os.rename({file!r}, {folder!r} + '/new')\n    return x*3+1", False),
+        ("import os\ndef f(x):\n    os.symlink({file!r}, {folder!r} + '/new')\n    return x*3+1", False),
+        ("import os\ndef f(x):\n    os.truncate({file!r}, 0)\n    return x*3+1", False),
+        ("import os\ndef f(x):\n    os.chmod({file!r}, 0)\n    return x*3+1", False),  # Landlock leaves this to seccomp
+        ("import os\ndef f(x):\n    os.utime({file!r}, (0, 0))\n    return x*3+1", False),
+        ("import os\ndef f(x):\n    os.setxattr({file!r}, 'user.r1lab', b'x')\n    return x*3+1", False),
+    ],
+)
+def test_files_the_sandbox_uid_may_write_survive(monkeypatch, outside, attack, python_guards):
+    """Writes the file permissions allow (the victim belongs to the sandbox's uid) that get around
+    the Python-level patches; the kernel's layers must stop every one."""
+    if not python_guards:
+        without_python_guards(monkeypatch)
+    victim = os.path.join(outside, "victim.txt")
+    _owned_by_sandbox_uid(victim, "precious")
+    before = os.stat(victim)
+    program = attack.format(file=victim, folder=outside)
+    result = run_sandboxed(program, TESTS)
+    assert result.passed == 0 and "PermissionError" in result.detail, result
+    after = os.stat(victim)
+    with open(victim) as f:
+        assert f.read() == "precious"
+    assert (after.st_mode, after.st_mtime_ns, after.st_ino) == (before.st_mode, before.st_mtime_ns, before.st_ino)
+    assert sorted(os.listdir(outside)) == ["victim.txt"]
+    assert run_sandboxed("def f(x): return x*3+1", TESTS).passed == 4
+
+
+@pytest.mark.parametrize("python_guards", [True, False])
+def test_world_readable_training_data_cannot_be_read(monkeypatch, outside, python_guards):
+    """The answers sit in a world-readable JSONL; a program that reads them would score 1."""
+    if not python_guards:
+        without_python_guards(monkeypatch)
+    data = os.path.join(outside, "train.jsonl")
+    _owned_by_sandbox_uid(data, "".join(f'{{"x": {x}, "answer": {y}}}\n' for [x], y in TESTS), 0o644)
+    cheat = (
+        "import json\n"
+        "def f(x):\n"
+        f"    with open({data!r}) as lines:\n"
+        "        return {row['x']: row['answer'] for row in map(json.loads, lines)}[x]"
+    )
+    result = run_sandboxed(cheat, TESTS)
+    assert (result.passed, result.status) == (0, "ok") and "PermissionError" in result.detail
+    for path in ("/etc/passwd", "/proc/self/environ", "/proc/1/cmdline", os.path.dirname(data)):
+        listing = "os.listdir" if os.path.isdir(path) else "open"
+        probe = f"import os\ndef f(x):\n    {listing}({path!r})\n    return x*3+1"
+        assert run_sandboxed(probe, TESTS).passed == 0, path
+
+
+def test_signals_to_processes_outside_the_sandbox_fail(monkeypatch):
+    """A process of the sandbox's own uid (which the file permissions would let it signal)."""
+    without_python_guards(monkeypatch)
+    user = {"user": code.NOBODY, "group": code.NOBODY} if os.geteuid() == 0 else {}
+    sleeper = subprocess.Popen(["sleep", "30"], **user)
+    try:
+        for call in (f"os.kill({sleeper.pid}, 9)", f"os.killpg({sleeper.pid}, 9)", "os.kill(-1, 9)"):
+            program = f"import os\ndef f(x):\n    {call}\n    return x*3+1"
+            result = run_sandboxed(program, TESTS)
+            assert result.passed == 0 and "PermissionError" in result.detail, (call, result)
+        time.sleep(0.1)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize(
+    "program",
+    [
+        # finds the worker's job through its frames and writes a passing result line with its nonce
+        "import json, os, sys\n"
+        "frame = sys._getframe()\n"
+        "while 'job' not in frame.f_locals:\n"
+        "    frame = frame.f_back\n"
+        "nonce = frame.f_locals['job']['nonce']\n"
+        "line = {'nonce': nonce, 'passed': 4, 'status': 'ok', 'outputs': ['true'] * 4}\n"
+        "os.write(3, (json.dumps(line) + '\\n').encode())\n"
+        "os._exit(0)",
+        # looks for the expected values anywhere up its stack, to return them
+        "import sys\n"
+        "def f(x):\n"
+        "    frame = sys._getframe()\n"
+        "    while frame is not None:\n"
+        "        for value in list(frame.f_locals.values()):\n"
+        "            if isinstance(value, dict) and ('tests' in value or 'expected' in value):\n"
+        "                return dict(value.get('tests') or value['expected'])[x]\n"
+        "        frame = frame.f_back\n"
+        "    return None",
+    ],
+)
+def test_a_program_that_takes_over_its_process_cannot_forge_a_pass(program):
+    assert run_sandboxed(program, TESTS).passed == 0
+
+
+def raw_outputs(program: str, args: list) -> list:
+    """What the entry function returned for each argument list, read back from the worker."""
+    with tempfile.TemporaryDirectory(prefix="r1lab-sandbox-") as workdir:
+        job = code._job(program, args, "f", workdir, cpu_s=2, memory_mb=256)
+        job["required"] = list(code.sandbox_guards().layers)
+        reply = sandbox.pool.get_pool(list(code.ALLOWED_IMPORTS)).run(job, 2.0, code.MAX_OUTPUT_BYTES)
+    record = json.loads(reply["output"].splitlines()[-1])
+    return [None if out is None else json.loads(out) for out in record["outputs"]]
+
+
+def test_no_two_programs_share_process_state():
+    """Every program runs in a fresh fork of a zygote that never runs programs itself: what one
+    program changes in its interpreter, the next one does not see."""
+    spoil = "import json, math, os\nmath.pi = 3\njson.dumps = None\nos.environ['R1LAB'] = '1'\ndef f(x): return 0"
+    check = "import json, math, os\ndef f(x): return [math.pi, json.dumps(x), os.environ.get('R1LAB'), os.getpid()]"
+    pids = []
+    for _ in range(3):
+        assert raw_outputs(spoil, [[0]]) == [0]  # the harness kept its own json.dumps
+        [(pi, dumped, env, pid)] = raw_outputs(check, [[[1]]])
+        assert (pi, dumped, env) == (3.141592653589793, "[1]", None)
+        pids.append(pid)
+    assert len(set(pids)) == len(pids)  # a new process each time
+    assert not set(pids) & sandbox.zygote_pids()
+
+
+def test_scoring_a_batch_is_fast_and_concurrent():
+    """The fast path: forks of warm zygotes, one per CPU, fed by RewardSet's threads."""
+    program = "def f(x): return x*3+1"
+    run_sandboxed(program, TESTS)  # warm
+    latencies = []
+    for _ in range(10):
+        start = time.perf_counter()
+        assert run_sandboxed(program, TESTS).passed == 4
+        latencies.append(time.perf_counter() - start)
+    # a fresh interpreter per program took 66-118 ms; a fork of a zygote takes a few
+    assert sorted(latencies)[len(latencies) // 2] < 0.04, latencies
+    completions = [answer(program), answer("def f(x): return 0")] * 8
+    start = time.perf_counter()
+    total, _ = RewardSet({"accuracy": "accuracy"}, max_workers=4).score([""] * 16, completions, [REFERENCE] * 16)
+    assert total.tolist() == [1.0, 0.0] * 8
+    assert time.perf_counter() - start < 1.0
+
+
 def _network_namespaces_available() -> bool:
     probe = (
         "import ctypes, os; print(ctypes.CDLL(None).unshare(0x40000000 if os.geteuid() == 0 else 0x50000000))"
@@ -230,6 +407,8 @@ def test_network_is_unreachable(monkeypatch, python_guards):
         # a result that claims to equal everything
         "class Yes:\n    def __eq__(self, other):\n        return True\ndef f(x): return Yes()",
         "class Yes(int):\n    def __eq__(self, other):\n        return True\ndef f(x): return Yes(-1)",
+        # True == 1 in Python; a bool passes only a test that expects a bool
+        "def f(x): return True",
     ],
 )
 def test_faked_results_score_zero(program):
