@@ -229,7 +229,8 @@ X32_SYSCALL_BIT = 0x40000000
 # Syscalls a scored program never needs and that reach outside its sandbox. Landlock covers file
 # contents and TCP; these cover the rest: sockets of every family, signals, another process's
 # memory, namespaces and mounts, keyrings, the metadata of files (which Landlock does not guard),
-# and io_uring, whose operations would not pass through this filter.
+# truncate() by path (Landlock guards it only from ABI 3; ftruncate of an open file stays), and
+# io_uring, whose operations would not pass through this filter.
 DENIED_SYSCALLS = {
     "x86_64": {
         "socket": 41, "socketpair": 53,
@@ -247,6 +248,7 @@ DENIED_SYSCALLS = {
         "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "setxattrat": 463,
         "removexattr": 197, "lremovexattr": 198, "fremovexattr": 199, "removexattrat": 466,
         "file_setattr": 469, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+        "truncate": 76,
     },
     "aarch64": {  # the generic table: no legacy chmod, chown, utime
         "socket": 198, "socketpair": 199,
@@ -262,7 +264,7 @@ DENIED_SYSCALLS = {
         "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54,
         "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "setxattrat": 463,
         "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16, "removexattrat": 466,
-        "file_setattr": 469, "utimensat": 88,
+        "file_setattr": 469, "utimensat": 88, "truncate": 45,
     },
 }  # fmt: skip
 EPERM = 1
