@@ -228,7 +228,7 @@ def _owned_by_sandbox_uid(path: str, text: str, mode: int = 0o666) -> None:
         ("import os\ndef f(x):\n    os.close(os.open({file!r}, os.O_WRONLY | os.O_TRUNC))\n    return x*3+1", True),
         ("import io\ndef f(x):\n    io.FileIO({file!r}, 'w').close()\n    return x*3+1", True),
         ("import os\ndef f(x):\n    os.mkdir({folder!r} + '/new')\n    return x*3+1", True),
-        ("import os\ndef f(x):\n    fd = os.open({folder!r} + '/new', os.O_WRONLY | os.O_CREAT)\n    return x*3+1", True),
+        ("import os\ndef f(x):\n    os.open({folder!r} + '/new', os.O_WRONLY | os.O_CREAT)\n    return x*3+1", True),
         ("import os\ndef f(x):\n    os.remove({file!r})\n    return x*3+1", False),
         ("import os\ndef f(x):\n    os.rename({file!r}, {folder!r} + '/new')\n    return x*3+1", False),
         ("import os\ndef f(x):\n    os.symlink({file!r}, {folder!r} + '/new')\n    return x*3+1", False),
@@ -236,6 +236,8 @@ def _owned_by_sandbox_uid(path: str, text: str, mode: int = 0o666) -> None:
         ("import os\ndef f(x):\n    os.chmod({file!r}, 0)\n    return x*3+1", False),  # Landlock leaves this to seccomp
         ("import os\ndef f(x):\n    os.utime({file!r}, (0, 0))\n    return x*3+1", False),
         ("import os\ndef f(x):\n    os.setxattr({file!r}, 'user.r1lab', b'x')\n    return x*3+1", False),
+        # nothing may be executed, so no shell gets to write for it either
+        ("import os\ndef f(x):\n    os.execv('/bin/sh', ['sh', '-c', 'echo > {file}'])", False),
     ],
 )
 def test_files_the_sandbox_uid_may_write_survive(monkeypatch, outside, attack, python_guards):

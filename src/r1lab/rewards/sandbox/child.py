@@ -140,7 +140,9 @@ def landlock_abi() -> int:
     try:
         return _check(
             _libc.syscall(
-                ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
+                ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+                None,
+                ctypes.c_size_t(0),
                 ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
             )  # fmt: skip
         )
@@ -177,7 +179,9 @@ def landlock_ruleset(rules: list[tuple[str, int]], abi: int) -> int:
     size = 8 if abi < 4 else 16 if abi < 6 else 24  # what an older kernel knows of the struct
     ruleset = _check(
         _libc.syscall(
-            ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size),
+            ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+            ctypes.byref(attr),
+            ctypes.c_size_t(size),
             ctypes.c_uint32(0),
         )  # fmt: skip
     )
@@ -191,8 +195,11 @@ def landlock_ruleset(rules: list[tuple[str, int]], abi: int) -> int:
                 rule = _PathBeneathAttr(allowed, fd)
                 _check(
                     _libc.syscall(
-                        ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
-                        ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule), ctypes.c_uint32(0),
+                        ctypes.c_long(SYS_LANDLOCK_ADD_RULE),
+                        ctypes.c_int(ruleset),
+                        ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                        ctypes.byref(rule),
+                        ctypes.c_uint32(0),
                     )  # fmt: skip
                 )
             finally:

@@ -25,8 +25,8 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -241,6 +241,7 @@ def default_workers() -> int:
 
 
 _lock = threading.Lock()
+_probe_lock = threading.Lock()  # the threads of a first batch wait for one probe, not run one each
 _state: dict = {"pid": None, "pool": None, "guards": None}
 
 
@@ -301,13 +302,15 @@ def guards(preload: list[str], probe_job: Callable[[str], dict]) -> Guards:
     with _lock:
         found = _state["guards"]
     if found is None:
-        with tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", ignore_cleanup_errors=True) as workdir:
-            found = probe(pool, probe_job(workdir))
-        with _lock:
-            first = _state["guards"] is None
-            _state["guards"] = found
-        if first:
-            _announce(found)
+        with _probe_lock:
+            with _lock:
+                found = _state["guards"]
+            if found is None:
+                with tempfile.TemporaryDirectory(prefix="r1lab-sandbox-", ignore_cleanup_errors=True) as workdir:
+                    found = probe(pool, probe_job(workdir))
+                with _lock:
+                    _state["guards"] = found
+                _announce(found)
     if found.missing and not unsafe_allowed():
         raise SandboxUnavailable(
             "r1lab's code sandbox cannot contain programs on this machine:\n"
