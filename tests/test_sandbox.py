@@ -125,6 +125,19 @@ def test_runs_in_a_throwaway_directory_that_is_deleted():
     assert set(glob.glob(pattern)) == before
 
 
+def test_a_program_may_work_in_its_throwaway_directory():
+    program = (
+        "import os\n"
+        "def f(x):\n"
+        "    os.makedirs('d', exist_ok=True)\n"
+        "    fd = os.open('d/scratch', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n"
+        "    os.write(fd, str(x*3+1).encode())\n"
+        "    os.close(fd)\n"
+        "    return int(open('d/scratch').read()) if os.listdir('d') == ['scratch'] else None"
+    )
+    assert run_sandboxed(program, TESTS) == code.SandboxResult(4, 4, "ok", "")
+
+
 # --- hostile programs ---------------------------------------------------------------------------
 
 

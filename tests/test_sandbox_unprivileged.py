@@ -119,6 +119,9 @@ HELPER = textwrap.dedent(
             result = code.run_sandboxed(program, config["tests"], timeout_s=2.0)
             code._BLOCKED_OS, code._BLOCKED_MODULES, code.ALLOWED_IMPORTS = blocked
             report[name] = [result.passed, result.status, result.detail]
+        for name, program in config["allowed"].items():
+            result = code.run_sandboxed(program, config["tests"], timeout_s=2.0)
+            report[name] = [result.passed, result.status, result.detail]
         report["correct_after"] = code.code_reward("", correct, reference)
     print(json.dumps(report))
     '''
@@ -166,6 +169,28 @@ def attacks(home: str, victim: str, data: str, port: int, sleeper: int) -> dict[
     }
 
 
+# What a program may do, in its throw-away directory: it must still score 1.
+ALLOWED = {
+    "scratch files": (
+        "import os\n"
+        "def f(x):\n"
+        "    os.makedirs('d', exist_ok=True)\n"
+        "    fd = os.open('d/scratch', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)\n"
+        "    os.write(fd, str(x*3+1).encode())\n"
+        "    os.close(fd)\n"
+        "    value = int(open('d/scratch').read())\n"
+        "    os.close(os.open('d/scratch', os.O_WRONLY | os.O_TRUNC))\n"
+        "    return value if os.listdir('d') == ['scratch'] else None"
+    ),
+    "imports and randomness": (
+        "import collections, json, math, random, re, os\n"
+        "def f(x):\n"
+        "    random.seed(os.urandom(8))\n"
+        "    return json.loads(json.dumps(collections.Counter([x*3+1])))[str(x*3+1)] * (x*3+1)"
+    ),
+}
+
+
 def run_helper(home: str, config: dict) -> dict:
     here = os.path.dirname
     config = {
@@ -211,7 +236,7 @@ def test_an_ordinary_users_programs_are_contained(home):
         with socket.create_server(("127.0.0.1", 0)) as server:
             port = server.getsockname()[1]
             cases = attacks(home, victim, data, port, sleeper.pid)
-            report = run_helper(home, {"attacks": cases})
+            report = run_helper(home, {"attacks": cases, "allowed": ALLOWED})
             server.settimeout(0.2)
             with pytest.raises(TimeoutError):
                 server.accept()  # nobody ever knocked
@@ -224,6 +249,8 @@ def test_an_ordinary_users_programs_are_contained(home):
     assert "nobody" not in report["layers"]  # the unprivileged path: no root to drop
     assert {"rlimits", "landlock-fs", "seccomp"} <= set(report["layers"]) and report["missing"] == []
     assert report["correct"] == report["correct_after"] == 1.0
+    for name in ALLOWED:
+        assert report[name] == [len(TESTS), "ok", ""], (name, report[name])
     for name in cases:
         passed, status, detail = report[name]
         assert passed == 0, (name, report[name])
