@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -361,6 +362,18 @@ def test_no_two_programs_share_process_state():
         pids.append(pid)
     assert len(set(pids)) == len(pids)  # a new process each time
     assert not set(pids) & sandbox.zygote_pids()
+
+
+def test_zygotes_that_die_are_replaced():
+    assert run_sandboxed("def f(x): return x*3+1", TESTS).passed == 4
+    zygotes = sandbox.zygote_pids()
+    assert zygotes
+    for pid in zygotes:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1)
+    for _ in range(3):
+        assert run_sandboxed("def f(x): return x*3+1", TESTS).passed == 4
+    assert sandbox.zygote_pids() and not sandbox.zygote_pids() & zygotes
 
 
 def test_scoring_a_batch_is_fast_and_concurrent():

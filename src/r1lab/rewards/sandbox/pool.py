@@ -171,12 +171,27 @@ class Pool:
             return {z.pid for z in self._all}
 
     def _checkout(self) -> Zygote:
+        dead = []
         with self._cond:
-            while not self._idle and self._started >= self.size:
+            while True:
+                while self._idle:
+                    zygote = self._idle.pop()
+                    if zygote.proc.poll() is None:
+                        break
+                    dead.append(zygote)  # killed from outside while idle (the OOM killer, a user)
+                    self._started -= 1
+                    self._all.discard(zygote)
+                else:
+                    zygote = None
+                if zygote is not None or self._started < self.size:
+                    break
                 self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._started += 1
+            if zygote is None:
+                self._started += 1
+        for corpse in dead:
+            corpse.kill()
+        if zygote is not None:
+            return zygote
         try:
             zygote = Zygote(self.preload)
         except BaseException:
@@ -189,17 +204,20 @@ class Pool:
         return zygote
 
     def _checkin(self, zygote: Zygote, healthy: bool) -> None:
-        if not healthy:
-            zygote.kill()
         with self._cond:
-            if healthy and not self._closed:
+            keep = healthy and not self._closed
+            if keep:
                 self._idle.append(zygote)
             else:
                 self._started -= 1
                 self._all.discard(zygote)
-                if healthy:
-                    zygote.close()
             self._cond.notify()
+        if keep:
+            return
+        if healthy:
+            zygote.close()
+        else:
+            zygote.kill()
 
     def run(self, job: dict, timeout_s: float, max_output: int) -> dict:
         """The zygote's reply for one job; a zygote that breaks is replaced and the job retried once."""
