@@ -2,9 +2,10 @@
 
 A zygote (child.py) is a clean interpreter with the allowed modules loaded; it forks one worker
 per program, so starting a program costs a fork and a few syscalls instead of an interpreter
-(~2 ms instead of ~70-120 ms). The pool keeps up to `workers` zygotes, one per usable CPU by
-default (R1LAB_SANDBOX_WORKERS overrides it), so that the threads RewardSet scores code on run
-their programs at the same time. Each thread borrows a zygote for one program and gives it back.
+(~8 ms instead of ~120 ms per program on a busy 2-core machine; docs/sandbox.md). The pool
+keeps up to `size` zygotes, one per usable CPU by default (R1LAB_SANDBOX_WORKERS overrides it),
+so that the threads RewardSet scores code on run their programs at the same time. Each thread
+borrows a zygote for one program and gives it back.
 
 Before the first program, a probe job reports which kernel layers this machine gives. If a
 guarantee has no layer at all (on a kernel without Landlock, nothing stops a program from reading
