@@ -61,6 +61,13 @@ def tokenizer(tiny_backbone):
     return tiny_backbone.tokenizer
 
 
+def arith_records(n: int, seed: int = 0) -> list[dict]:
+    """The first n train tasks of an arithmetic-only tiny world (operands up to 10)."""
+    from r1lab.data.tinyworld import TinyWorld
+
+    return TinyWorld(seed=seed, sizes={"train": n, "val": 64, "test": 200}, max_operand=10).load("train")
+
+
 POLICY_STAGES = ("base", "r1_zero", "sft", "grpo", "sft2", "grpo_rm")
 
 
@@ -80,10 +87,10 @@ def pipeline_root(tmp_path_factory, tiny_backbone):
         data = export_jsonl(root / "pipeline" / "tiny" / stage / "v1", {"train": 32}, layout="r1lab")
         data["train"].rename(data["train"].with_name("data.jsonl"))
     # preference pairs (rm reads them) and a reward-model export (grpo_rm scores with it)
-    from r1lab.data.preferences import world_records, write_synthetic
+    from r1lab.jobs.preferences import write_synthetic
     from r1lab.modules.reward_model import RewardModel
 
-    write_synthetic(world_records(48), root / "pipeline" / "tiny" / "preferences" / "pairs.jsonl")
+    write_synthetic(arith_records(48), root / "pipeline" / "tiny" / "preferences" / "pairs.jsonl")
     reward_model = RewardModel(tiny_backbone)
     reward_model.configure_model()
     reward_model.export_hf(root / "pipeline" / "tiny" / "rm" / "hf")

@@ -8,10 +8,10 @@ import torch
 
 from r1lab.data import R1DataModule
 from r1lab.data.tinyworld import TinyWorld
+from r1lab.generation import sequence_logprobs
 from r1lab.modules import grpo as grpo_mod
 from r1lab.modules.grpo import GRPO
 from r1lab.rewards import RewardSet
-from r1lab.rl.sampler import sequence_logprobs
 
 
 def digit_share(prompt: str, completion: str, reference: dict) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from r1lab.pipeline import load_pipeline, main
+from r1lab.pipeline import PipelineError, load_pipeline, main
 
 WRITE = "import json, sys; open(sys.argv[1] + '/done.json', 'w').write(json.dumps({'ok': 1}))"
 
@@ -37,7 +37,7 @@ def test_failing_stage_stops_with_its_name_and_keeps_earlier_outputs(tmp_path, c
     spec = _spec(tmp_path, fail_b=False)
     assert main(["--pipeline", spec, "--root", str(tmp_path), "--no-report"]) == 0
     out = capsys.readouterr().out
-    assert "a: output exists" in out and "b: done" in out
+    assert "a: finished" in out and "b: done" in out
 
 
 def test_rerunning_one_stage_moves_the_old_output_aside(tmp_path, capsys):
@@ -52,13 +52,45 @@ def test_rerunning_one_stage_moves_the_old_output_aside(tmp_path, capsys):
 
 
 def test_bad_pipeline_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no pipeline 'missing'"):
+    with pytest.raises(PipelineError, match="no pipeline 'missing'"):
         load_pipeline("missing")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stages:\n  - name: x\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: stages\[0\] needs a name and exactly one of train/run"):
-        load_pipeline(str(bad))
-    assert [s.name for s in load_pipeline("tiny")["stages"]][:3] == ["base", "r1_zero", "sft"]
+    for text, message in (("stages:\n  - about: x\n", r"stages\[0\] needs a name"),
+                          ("stages:\n  - {name: x, run: [a], args: [b]}\n", r"stages\[0\] needs a name and either"),
+                          ("stages:\n  - {name: x, train: [a]}\n", r"stages\[0\]: unknown key\(s\) \['train'\]"),
+                          ("stages: []\n", "no stages"),
+                          ("stages:\n  - {name: x}\n  - {name: x}\n", "stage names repeat"),
+                          ("extends: tiny\nstage_args: {nope: [a=1]}\n", "stage_args.nope: no stage of that name")):
+        bad.write_text(text)
+        with pytest.raises(PipelineError, match=f"bad.yaml: {message}"):
+            load_pipeline(str(bad))
+    assert [s.name for s in load_pipeline("tiny").stages][:3] == ["base", "r1_zero", "sft"]
+
+
+def test_micro_is_the_tiny_stage_list_with_smaller_stages():
+    tiny, micro = load_pipeline("tiny"), load_pipeline("micro")
+    assert [s.name for s in micro.stages] == [s.name for s in tiny.stages]
+    assert micro.overrides[0] == "debug=fast"
+    sft = {s.name: s for s in micro.stages}["sft"]
+    assert sft.args == [*{s.name: s for s in tiny.stages}["sft"].args, "data.source.sizes.train=64"]
+
+
+def test_stage_commands_fill_placeholders_and_let_the_stage_win(tmp_path):
+    from r1lab.pipeline import _command
+
+    pipeline = load_pipeline("micro")
+    root = tmp_path / "pipeline" / "micro"
+    sft = {s.name: s for s in pipeline.stages}["sft"]
+    cmd = _command(sft, pipeline, root, root / "sft", ["seed=3"])
+    args = cmd[3:]
+    assert args[0] == "stage=sft" and f"backbone.name_or_path={root}/base/hf" in args
+    assert args.index("debug=fast") < args.index("data.source.sizes.train=64") < args.index("seed=3")
+    assert args[-3:] == ["pipeline_name=micro", f"paths.output_root={tmp_path}", f"hydra.run.dir={root / 'sft'}"]
+    iterative = load_pipeline("iterative", rounds=1)
+    first = _command(iterative.stages[0], iterative, tmp_path / "pipeline" / "iterative", tmp_path / "x", [])
+    assert "stage=grpo_rm" in first and f"backbone.name_or_path={tmp_path}/pipeline/tiny/sft2/hf" in first
+    with pytest.raises(PipelineError, match="--rounds"):
+        load_pipeline("tiny", rounds=2)
 
 
 @pytest.mark.slow

@@ -7,23 +7,16 @@ import random
 import pytest
 import torch
 
+from conftest import arith_records
 from r1lab.data import R1DataModule
-from r1lab.data.preferences import (
-    ERRORS,
-    STYLES,
-    PairWriter,
-    PreferenceFile,
-    main,
-    preference_margin,
-    r1_preference,
-    rank_pairs,
-    replay_mix,
-    synthetic_candidates,
-    world_records,
-    write_sampled,
-    write_synthetic,
-)
+from r1lab.data.preferences import PreferenceFile
 from r1lab.data.sources import DataError
+from r1lab.data.tinyworld import TinyWorld
+from r1lab.jobs.durable import ChunkedJsonl, JobError
+from r1lab.jobs.pairs import preference_margin, r1_preference, rank_pairs
+from r1lab.jobs.preferences import PreferenceJob, write_synthetic
+from r1lab.jobs.replay import ReplayMixJob, replay_mix
+from r1lab.jobs.synthetic_pairs import ERRORS, STYLES, synthetic_candidates
 from r1lab.rewards import format_reward_strict
 
 REF = {"answer": "7", "task": "arith", "language": "en"}
@@ -55,7 +48,7 @@ def test_rank_pairs_skips_ties_and_identical_texts():
 
 
 def test_synthetic_corruptions_are_what_they_claim():
-    record = world_records(1, seed=0)[0]
+    record = arith_records(1, seed=0)[0]
     candidates = dict(synthetic_candidates(record, random.Random(0)))
     errors = {k.split("+")[0]: k.split("+")[1] for k in candidates if "+" in k}  # error -> its style
     assert {k for k in candidates if "+" not in k} == {"reference", *STYLES} - {"clean"}
@@ -69,7 +62,7 @@ def test_synthetic_corruptions_are_what_they_claim():
     assert score["verbose"][:3] == (1, 1, 1) and score["verbose"][3] < score["reference"][3]
     # styles are drawn independently of correctness: over many tasks wrong answers come in every style,
     # and a clean wrong solution is well-formed (only its correctness is off)
-    drawn = [(r, k, t) for r in world_records(40, seed=0) for k, t in synthetic_candidates(r, random.Random(r["id"]))]
+    drawn = [(r, k, t) for r in arith_records(40, seed=0) for k, t in synthetic_candidates(r, random.Random(r["id"]))]
     assert {k.split("+")[1] for _, k, _ in drawn if "+" in k} == set(STYLES)
     clean_wrong = [(r, t) for r, k, t in drawn if k.endswith("+clean")]
     assert clean_wrong and all(format_reward_strict(r["prompt"], t, r) == 1.0 for r, t in clean_wrong)
@@ -77,7 +70,7 @@ def test_synthetic_corruptions_are_what_they_claim():
 
 
 def test_synthetic_pairs_are_deterministic_resumable_and_ranked(tmp_path, monkeypatch):
-    records = world_records(24, seed=0)
+    records = arith_records(24, seed=0)
     out = tmp_path / "pairs.jsonl"
     n = write_synthetic(records, out, pairs_per_prompt=3, seed=5, chunk_size=8)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -92,35 +85,43 @@ def test_synthetic_pairs_are_deterministic_resumable_and_ranked(tmp_path, monkey
 
     # a run killed while writing its third chunk leaves a torn line; the rerun cuts it and finishes
     resumed = tmp_path / "resumed.jsonl"
-    write = PairWriter.write
+    write = ChunkedJsonl.write
 
     def crash_on_third_chunk(self, chunk, rows):
         if chunk == 2:
-            with self.partial.open("a") as f:
-                f.write(json.dumps(rows[0])[:20])
+            with self.files["pairs"].open("a") as f:
+                f.write(json.dumps(rows["pairs"][0])[:20])
             raise KeyboardInterrupt
         write(self, chunk, rows)
 
-    monkeypatch.setattr(PairWriter, "write", crash_on_third_chunk)
+    monkeypatch.setattr(ChunkedJsonl, "write", crash_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         write_synthetic(records, resumed, pairs_per_prompt=3, seed=5, chunk_size=8)
     monkeypatch.undo()
-    assert not resumed.exists()  # only a finished file gets its name
+    assert len(resumed.read_text().splitlines()) == 48 + 1  # two chunks of 8 prompts x 3 pairs, and a torn line
     assert write_synthetic(records, resumed, pairs_per_prompt=3, seed=5, chunk_size=8) == 72
     assert resumed.read_bytes() == first
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(JobError, match="other settings"):
         write_synthetic(records, out, pairs_per_prompt=2, seed=5, chunk_size=8)
     (tmp_path / "theirs.jsonl").write_text("{}\n")
-    with pytest.raises(ValueError, match="not written by this tool"):
+    with pytest.raises(JobError, match="not written by this job"):
         write_synthetic(records, tmp_path / "theirs.jsonl")
 
 
-def test_cli_writes_answer_views(tmp_path):
-    out = tmp_path / "answers.jsonl"
-    assert main(["synthetic", "--out", str(out), "--n-prompts", "10", "--view", "answer"]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+def test_the_job_writes_answer_views(tmp_path):
+    job = PreferenceJob(mode="synthetic", source=TinyWorld(sizes={"train": 10, "val": 0, "test": 0}),
+                        view="answer", pairs_per_prompt=None)
+    metrics = job.run(tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert metrics == {"preferences/pairs": float(len(rows)), "preferences/prompts": 10.0}
     assert rows and all("<think>" not in r["chosen"] for r in rows if r["chosen_kind"] != "broken_tags")
     assert all(r["chosen"] != r["rejected"] for r in rows)
+
+
+def _sampling_job(policies, **kw):
+    source = TinyWorld(sizes={"train": 6, "val": 64, "test": 200}, families={"arith": 1.0}, max_operand=10)
+    return PreferenceJob(mode="sample", source=source, policies=[str(p) for p in policies], device="cpu",
+                         rule="tests.test_preferences.by_length", max_new_tokens=6, batch_size=4, **kw)
 
 
 def test_pairs_sampled_from_a_policy_checkpoint(tiny_backbone, tmp_path):
@@ -129,18 +130,19 @@ def test_pairs_sampled_from_a_policy_checkpoint(tiny_backbone, tmp_path):
     policy = tmp_path / "policy"
     tiny_backbone.build_model().save_pretrained(policy)
     save_tokenizer(tiny_backbone.tokenizer, policy)
-    records = world_records(6, seed=0)
     out = tmp_path / "sampled.jsonl"
-    kwargs = dict(k=4, rule="tests.test_preferences.by_length", pairs_per_prompt=2, max_new_tokens=6,
-                  batch_size=4, device="cpu")
-    n = write_sampled(records, policy, out, **kwargs)
+    n = _sampling_job([policy], k=4, pairs_per_prompt=2, out=str(out)).run(tmp_path)["preferences/pairs"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert n == len(rows) > 0 and all(len(r["chosen"]) < len(r["rejected"]) for r in rows)
     assert {r["source"] for r in rows} == {str(policy)} and rows[0]["rule"] == "tests.test_preferences.by_length"
-    assert write_sampled(records, policy, out, **kwargs) == n  # a rerun of a finished file does nothing
+    assert _sampling_job([policy], k=4, pairs_per_prompt=2, out=str(out)).run(tmp_path)["preferences/pairs"] == n
     torch.manual_seed(123)  # the global RNG does not matter: each chunk has its own generator
-    write_sampled(records, policy, tmp_path / "again.jsonl", **kwargs)
+    _sampling_job([policy], k=4, pairs_per_prompt=2, out=str(tmp_path / "again.jsonl")).run(tmp_path)
     assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+    with pytest.raises(JobError, match="job.policies: no model folder"):
+        _sampling_job([tmp_path / "nowhere"], k=4).run(tmp_path)
+    with pytest.raises(ValueError, match="job.k"):
+        _sampling_job([policy], k=1)
 
 
 def test_pairs_sampled_from_several_checkpoints_are_ranked_together(tiny_backbone, tmp_path):
@@ -152,17 +154,14 @@ def test_pairs_sampled_from_several_checkpoints_are_ranked_together(tiny_backbon
         policies.append(tmp_path / f"policy{i}")
         tiny_backbone.build_model().save_pretrained(policies[-1])
         save_tokenizer(tiny_backbone.tokenizer, policies[-1])
-    records = world_records(4, seed=0)
-    kwargs = dict(k=3, rule="tests.test_preferences.by_length", pairs_per_prompt=None, max_new_tokens=6,
-                  batch_size=4, device="cpu")
-    write_sampled(records, policies, tmp_path / "both.jsonl", **kwargs)
+    _sampling_job(policies, k=3, pairs_per_prompt=None, out=str(tmp_path / "both.jsonl")).run(tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
     kinds = {(r["chosen_kind"].split(":")[0], r["rejected_kind"].split(":")[0]) for r in rows}
     assert {"0", "1"} <= {k for pair in kinds for k in pair} and any(a != b for a, b in kinds)  # across checkpoints
     assert all(len(r["chosen"]) < len(r["rejected"]) for r in rows)
     assert rows[0]["source"] == f"{policies[0]},{policies[1]}"
     # the first checkpoint's samples are those it gives alone: adding a checkpoint only adds candidates
-    write_sampled(records, policies[0], tmp_path / "one.jsonl", **kwargs)
+    _sampling_job(policies[:1], k=3, pairs_per_prompt=None, out=str(tmp_path / "one.jsonl")).run(tmp_path)
     alone = {r["chosen"] for r in map(json.loads, (tmp_path / "one.jsonl").read_text().splitlines())}
     assert alone <= {r["chosen"] for r in rows} | {r["rejected"] for r in rows}
 
@@ -181,8 +180,21 @@ def test_replay_mix_keeps_new_pairs_and_a_fraction_of_old_ones():
     assert {r["id"] for r in mixed[:5]} <= {r["id"] for r in old}
     assert replay_mix(new, old, 0.1, seed=0) == mixed and replay_mix(new, old, 0.1, seed=1) != mixed
     assert replay_mix(new, [], 0.1) == [dict(r, replay=False) for r in new]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="job.fraction"):
         replay_mix(new, old, 1.5)
+
+
+def test_the_replay_job_writes_the_mix_and_the_history(tmp_path):
+    _write(tmp_path / "fresh.jsonl", [{"id": f"n{i}"} for i in range(30)])
+    _write(tmp_path / "old.jsonl", [{"id": f"o{i}"} for i in range(50)])
+    job = ReplayMixJob(str(tmp_path / "fresh.jsonl"), str(tmp_path / "old.jsonl"), fraction=0.1, seed=3)
+    assert job.run(tmp_path / "out") == {"replay/fresh": 30.0, "replay/replayed": 5.0, "replay/history": 80.0}
+    mixed = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "out" / "history.jsonl").read_text().splitlines()]
+    assert mixed == replay_mix([{"id": f"n{i}"} for i in range(30)], [{"id": f"o{i}"} for i in range(50)], 0.1, 3)
+    assert [r["id"] for r in history] == [f"o{i}" for i in range(50)] + [f"n{i}" for i in range(30)]
+    with pytest.raises(JobError, match="job.old: no pairs file"):
+        ReplayMixJob(str(tmp_path / "fresh.jsonl"), str(tmp_path / "none.jsonl")).run(tmp_path / "x")
 
 
 def _write(path, rows):
@@ -219,5 +231,5 @@ def test_bad_preference_files_name_file_and_line(tmp_path, tokenizer, row, messa
 
 
 def test_missing_preference_file_says_how_to_make_one(tmp_path):
-    with pytest.raises(DataError, match="r1lab.data.preferences synthetic"):
+    with pytest.raises(DataError, match="stage=preferences"):
         PreferenceFile(str(tmp_path / "none.jsonl")).load("train", ("prompt",))

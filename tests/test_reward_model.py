@@ -1,5 +1,5 @@
 """Reward models: Bradley–Terry math by hand, last-token pooling, overfitting, the export, GRPO with a
-neural reward in its RewardSet, and the iterative-RL driver's plan."""
+neural reward in its RewardSet, the iterative-RL pipeline and the reward model's held-out score job."""
 
 import json
 import math
@@ -11,20 +11,19 @@ from transformers import AutoModelForSequenceClassification
 
 from r1lab.data import R1DataModule
 from r1lab.data.collate import Collator, Tokenized, left_pad
-from r1lab.data.preferences import synthetic_candidates
 from r1lab.data.tinyworld import TinyWorld
+from r1lab.jobs.synthetic_pairs import synthetic_candidates
 from r1lab.modules.grpo import GRPO
 from r1lab.modules.reward_model import RewardModel
 from r1lab.rewards import RewardSet
+from r1lab.rewards.format import final_answer_view
 from r1lab.rm import (
     NeuralReward,
     RewardStateCheckpoint,
     RunningMoments,
     bradley_terry_loss,
-    final_answer_view,
     last_token_index,
 )
-from r1lab.rm.iterative import plan
 
 sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
 
@@ -216,32 +215,23 @@ def test_grpo_step_with_the_neural_reward_in_the_reward_set(tiny_backbone, rm_ex
     assert len(pickle.dumps(rewards)) < 10_000  # the checkpointed hyperparameters hold no weights
 
 
-def test_iterative_plan_chains_grpo_fresh_pairs_replay_and_rm(tmp_path):
-    steps = plan(rounds=2, out=tmp_path, policy="p0/hf", reward_model="rm0/hf", pairs="pairs0.jsonl", seed=7)
-    kinds = [s.kind for s in steps]
-    assert kinds == ["grpo", "pairs", "mix", "rm"] * 2
-    grpo1, pairs1, mix1, rm1, grpo2 = steps[:5]
-    assert "backbone.name_or_path=p0/hf" in grpo1.command and "rm0/hf" in " ".join(grpo1.command)
-    assert str(tmp_path / "round1" / "grpo" / "hf") in pairs1.command  # fresh pairs from the new policy
-    assert mix1.inputs == (str(tmp_path / "round1" / "fresh.jsonl"), "pairs0.jsonl")
-    assert "backbone.name_or_path=rm0/hf" in rm1.command  # the RM continues from its previous export
-    assert f"backbone.name_or_path={tmp_path / 'round1' / 'grpo' / 'hf'}" in grpo2.command
-    assert any(str(tmp_path / "round1" / "rm" / "hf") in c for c in grpo2.command)
+def test_iterative_pipeline_chains_grpo_fresh_pairs_replay_and_rm():
+    from r1lab.pipeline import load_pipeline
 
-
-def test_iterative_mix_step_writes_replayed_training_set_and_history(tmp_path):
-    import json
-
-    from r1lab.rm.iterative import Step, execute
-
-    fresh, old = tmp_path / "fresh.jsonl", tmp_path / "old.jsonl"
-    fresh.write_text("".join(json.dumps({"id": f"n{i}"}) + "\n" for i in range(10)))
-    old.write_text("".join(json.dumps({"id": f"o{i}"}) + "\n" for i in range(30)))
-    mixed, history = tmp_path / "r" / "pairs.jsonl", tmp_path / "r" / "history.jsonl"
-    execute([Step("mix", inputs=(str(fresh), str(old)), outputs=(str(mixed), str(history)), seed=1)], replay=0.1)
-    rows = [json.loads(line) for line in mixed.read_text().splitlines()]
-    assert [r["replay"] for r in rows] == [True] * 3 + [False] * 10 and rows[-1]["id"] == "n9"
-    assert len(history.read_text().splitlines()) == 40
+    stages = load_pipeline("iterative", rounds=2).stages
+    assert [s.stage for s in stages] == ["grpo_rm", "preferences", "replay_mix", "rm"] * 2
+    grpo1, pairs1, mix1, rm1, grpo2, _, mix2, rm2 = stages
+    assert "backbone.name_or_path={inputs}/sft2/hf" in grpo1.args
+    assert "module.rewards.functions.reward_model.path={inputs}/rm/hf" in grpo1.args
+    assert "job.policies=[{dir}/round1_grpo/hf]" in pairs1.args  # fresh pairs from the new policy
+    assert {"job.fresh={dir}/round1_pairs/pairs.jsonl", "job.old={inputs}/preferences/pairs.jsonl"} <= set(mix1.args)
+    assert "backbone.name_or_path={inputs}/rm/hf" in rm1.args  # the RM continues from its previous export
+    assert "data.source.path={dir}/round1_mix/pairs.jsonl" in rm1.args
+    assert "backbone.name_or_path={dir}/round1_grpo/hf" in grpo2.args
+    assert "module.rewards.functions.reward_model.path={dir}/round1_rm/hf" in grpo2.args
+    assert "job.old={dir}/round1_mix/history.jsonl" in mix2.args
+    assert "backbone.name_or_path={dir}/round1_rm/hf" in rm2.args
+    assert len(load_pipeline("iterative", rounds=3).stages) == 12
 
 
 def test_likelihood_baseline_sums_response_logprobs_and_ranks_pairs(tiny_backbone, tmp_path):
@@ -325,7 +315,6 @@ def test_likelihood_reward_model_learns_pairs_and_exports_a_causal_lm(tiny_backb
     import json
 
     from r1lab.report import is_reward_model
-    from r1lab.rm.iterative import continuation_overrides
     from r1lab.rm.model import reward_kind
 
     torch.manual_seed(0)
@@ -357,18 +346,17 @@ def test_likelihood_reward_model_learns_pairs_and_exports_a_causal_lm(tiny_backb
     scored = neural.score_batch([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [{}] * len(pairs))
     torch.testing.assert_close(scored, ours, atol=1e-4, rtol=1e-4)
     assert neural.kind == "likelihood" and "kind=likelihood" in repr(neural)
-    # iterative RL continues it as the same kind
-    assert continuation_overrides(path) == ["module.kind=likelihood", "module.beta=0.5", "module.reduction=sum",
-                                            "module.reference=null"]
-    rm_step = plan(rounds=1, out=tmp_path / "it", policy="p/hf", reward_model=str(path), pairs="x.jsonl")[3]
-    assert "module.kind=likelihood" in rm_step.command
+    # iterative RL continues it as the same kind, with the same beta and reduction
+    from r1lab.models import Backbone
+
+    RewardModel(Backbone(name_or_path=str(path)), kind="likelihood", beta=0.5).configure_model()
+    with pytest.raises(ValueError, match="module.beta: 0.1, but .* was trained with beta 0.5"):
+        RewardModel(Backbone(name_or_path=str(path)), kind="likelihood", beta=0.1).configure_model()
     # a policy export is not a reward model; continuing a likelihood export as a scalar one fails early
     policy = export_hf_policy(tiny_backbone, tmp_path / "policy")
     assert reward_kind(policy) is None and not is_reward_model(tmp_path / "policy")
     with pytest.raises(FileNotFoundError, match="no reward-model export"):
         NeuralReward(str(policy))
-    from r1lab.models import Backbone
-
     with pytest.raises(ValueError, match="module.kind: 'scalar'.*continue it with module.kind=likelihood"):
         RewardModel(Backbone(name_or_path=str(path))).configure_model()
 
@@ -391,23 +379,27 @@ def test_reward_model_rejects_unknown_kind_and_reduction(tiny_backbone):
 def test_rm_score_compares_policies_on_the_same_prompts_and_seeds(likelihood_module, tiny_backbone, tmp_path):
     import json
 
-    from r1lab.rejection import PromptFormat
-    from r1lab.rm.score import main as score_main
-    from r1lab.rm.score import policy_samples
+    from r1lab.generation import SamplingParams
+    from r1lab.jobs.base import load_policy
+    from r1lab.jobs.rm_score import RMScoreJob, policy_samples
 
     rm = likelihood_module.export_hf(tmp_path / "rm" / "hf")
     policy = export_hf_policy(tiny_backbone, tmp_path / "sft2")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
                                for a in range(3)))
-    rows = score_main(["--reward-model", str(rm), "--policy", str(policy), str(policy), "--prompts", str(prompts),
-                       "--k", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "out")])
+    job = RMScoreJob(str(rm), [str(policy), str(policy)], prompts=str(prompts), k=2, max_new_tokens=8)
+    metrics = job.run(tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "scores.json").read_text())["rows"]
+    assert metrics["rm_score/sft2/change"] == 0.0 and metrics["rm_score/sft2/score"] == rows[0]["score"]
     # same prompts, same seeds: the same samples, so the paired change is exactly zero
     assert {k: v for k, v in rows[1].items() if not k.startswith("change")} == rows[0] and rows[0]["samples"] == 6
     assert rows[1]["change"] == 0.0 and rows[1]["change_se"] == 0.0 and "change" not in rows[0]
     # the score is the reward model's mean raw score of exactly those samples
     records = [json.loads(line) for line in prompts.read_text().splitlines()]
-    texts = policy_samples(str(policy), records, PromptFormat("chat", "", 256), 2, 8, 1.0, 1.0, 0)
+    _, engine = load_policy(str(policy), device="cpu")
+    tok = Tokenized(tiny_backbone.tokenizer, "chat", 256, 8, "")
+    texts = policy_samples(engine, records, tok, SamplingParams(8), 2, 0)
     expected = NeuralReward(str(rm), normalize="none").raw_scores([r["prompt"] for r in records for _ in range(2)],
                                                                   texts)
     assert rows[0]["score"] == pytest.approx(expected.mean().item(), rel=1e-5) and rows[0]["score"] < 0
@@ -418,7 +410,8 @@ def test_rm_score_compares_policies_on_the_same_prompts_and_seeds(likelihood_mod
     assert "Reward model `rm`'s raw score on 2 samples" in summary and "(3 prompts)" in summary
     assert f"| sft2 | {rows[0]['score']:.3f} ± {rows[0]['score_se']:.3f} | – | – |" in summary
     assert summary.count("| sft2 | ") == 2 and "| +0.000 ± 0.000 |" in summary
-    assert json.loads((tmp_path / "out" / "scores.json").read_text())["rows"] == rows
+    with pytest.raises(ValueError, match="job.policies: no model folder"):
+        RMScoreJob(str(rm), [str(tmp_path / "none")], prompts=str(prompts))
 
 
 def test_implicit_reward_against_a_reference_starts_at_zero_and_travels_with_the_export(tiny_backbone, tokenizer,

@@ -19,7 +19,7 @@ from r1lab.rewards.accuracy import (
     numeric_match,
 )
 from r1lab.rewards.format import extract_think, format_reward_lenient, format_reward_strict, has_format
-from r1lab.rewards.language import count_words, language_consistency, language_consistency_reward
+from r1lab.rewards.language import language_consistency, language_consistency_reward, words_by_language
 
 GOOD = "<think> 12 plus 7 is 19. </think> <answer> 19 </answer>"
 
@@ -177,7 +177,7 @@ def test_accuracy_reward_delegates_code_tasks_to_the_sandbox():
     ],
 )
 def test_language_consistency(text, counts, en, zh):
-    assert dict(count_words(text)) == counts
+    assert dict(words_by_language(text)) == counts
     assert language_consistency(text, "en") == pytest.approx(en)
     assert language_consistency(text, "zh") == pytest.approx(zh)
 

@@ -12,9 +12,9 @@ from r1lab.rl import (
     group_advantages,
     grpo_loss,
     kl_estimate,
-    masked_mean,
-    process_advantages,
 )
+from r1lab.rl.advantages import process_advantages
+from r1lab.tensors import masked_mean, positions_from_mask
 
 E = math.e
 
@@ -173,6 +173,10 @@ def test_masked_mean_and_entropy():
     # masked mean: (1 + 2 + 4)/3; per row [1.5, 4, 0 (no tokens, not NaN)]
     assert masked_mean(PER_TOKEN, MASK).item() == pytest.approx(7 / 3)
     assert masked_mean(PER_TOKEN, MASK, dim=-1).tolist() == [1.5, 4.0, 0.0]
+    # positions count the real tokens before each one: left padding shifts them, padding gets 0
+    left, right = torch.tensor([[0, 0, 1, 1, 1]]), torch.tensor([[1, 1, 1, 0, 0]])
+    assert positions_from_mask(left).tolist() == [[0, 0, 0, 1, 2]]
+    assert positions_from_mask(right).tolist() == [[0, 1, 2, 2, 2]]
     logits = torch.tensor([[
         [0.0, 0.0, 0.0, 0.0],  # uniform over 4: ln 4 = 1.386294
         [math.log(0.5), math.log(0.25), math.log(0.25), -math.inf],  # 0.5 ln 2 + 0.5 ln 4 = 1.039721

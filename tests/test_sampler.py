@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from r1lab.data.collate import Tokenized, left_pad
-from r1lab.rl.sampler import decode, sample, sequence_logprobs, token_logprobs
+from r1lab.generation import decode_texts, sample, sequence_logprobs
+from r1lab.generation import logprobs as logprob_pass
+from r1lab.tensors import token_logprobs
 
 
 def _prompts(tokenizer, texts):
@@ -55,14 +57,14 @@ def test_stops_when_every_row_ended(tiny_backbone, tokenizer):
     r = sample(model, ids, mask, max_new_tokens=20, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
     assert r.completion_ids.shape == (2, 1)
     assert r.truncated.tolist() == [False, False]
-    assert decode(tokenizer, r) == ["", ""]
+    assert decode_texts(tokenizer, r.completion_ids, r.completion_mask) == ["", ""]
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_fused_logprob_and_entropy_equal_autograd(temperature):
     """One pass for log-prob and entropy (custom backward) = token_logprobs + entropy_from_logits."""
+    from r1lab.generation.logprobs import _LogprobEntropy
     from r1lab.rl import entropy_from_logits
-    from r1lab.rl.sampler import _LogprobEntropy
 
     gen = torch.Generator().manual_seed(0)
     logits = (3 * torch.randn(3, 5, 50, generator=gen)).requires_grad_(True)
@@ -82,8 +84,8 @@ def test_fused_logprob_and_entropy_equal_autograd(temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_chunked_head_logprobs_equal_the_logits_path(temperature):
     """lm_head fused with the log-softmax in row chunks (recomputed in backward) = lm_head, then autograd."""
+    from r1lab.generation.logprobs import _LinearLogprob
     from r1lab.rl import entropy_from_logits
-    from r1lab.rl.sampler import _LinearLogprob
 
     gen = torch.Generator().manual_seed(0)
     n, hidden_size, vocab = 600, 16, 512  # 256-row chunks: two full ones and a partial one
@@ -105,10 +107,8 @@ def test_chunked_head_logprobs_equal_the_logits_path(temperature):
 
 
 def test_sequence_logprobs_head_split_equals_the_logits_path(tiny_backbone, tokenizer, monkeypatch):
-    from r1lab.rl import sampler
-
     model = tiny_backbone.build_model().train()
-    assert sampler._head_split(model)
+    assert logprob_pass._head_split(model)
     ids, mask = _prompts(tokenizer, ["What is 3 + 4?", "Hi", "What is 13 + 24?"])
     ids, mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_sequence_logprobs_head_split_equals_the_logits_path(tiny_backbone, toke
         return logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
 
     split = run()
-    monkeypatch.setattr(sampler, "_head_split", lambda m: False)
+    monkeypatch.setattr(logprob_pass, "_head_split", lambda m: False)
     full = run()
     assert torch.allclose(split[0], full[0], atol=1e-5) and torch.allclose(split[1], full[1], atol=1e-5)
     for a, b in zip(split[2], full[2]):

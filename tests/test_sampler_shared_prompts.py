@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from r1lab.data.collate import Tokenized, left_pad
+from r1lab.generation import logprobs, sample, sequence_logprobs
 from r1lab.models import Backbone
-from r1lab.rl import sampler
 
 ARCH = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=True)
@@ -16,7 +16,7 @@ def _setup(family):
     ids, mask = left_pad([tok.prompt_ids(t) for t in ["What is 3 + 4?", "Hi", "What is 13 + 24 - 7?"]],
                          tokenizer.pad_token_id)
     ids, mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)  # G = 3 completions per prompt
-    roll = sampler.sample(model.eval(), ids, mask, max_new_tokens=16, eos_id=-1, pad_id=tokenizer.pad_token_id,
+    roll = sample(model.eval(), ids, mask, max_new_tokens=16, eos_id=-1, pad_id=tokenizer.pad_token_id,
                           generator=torch.Generator().manual_seed(0))
     completion_mask = roll.completion_mask.clone()
     completion_mask[0, 9:] = 0  # a row that ended early: padding after it
@@ -26,7 +26,7 @@ def _setup(family):
 
 def _logprobs_and_grads(model, *batch):
     model.zero_grad()
-    logp, entropy = sampler.sequence_logprobs(model, *batch, temperature=0.8, return_entropy=True)
+    logp, entropy = sequence_logprobs(model, *batch, temperature=0.8, return_entropy=True)
     weights = torch.randn(logp.shape, generator=torch.Generator().manual_seed(1))
     (logp * weights).sum().backward()
     return logp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
@@ -35,9 +35,9 @@ def _logprobs_and_grads(model, *batch):
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_shared_prompt_forward_equals_the_full_forward(family, monkeypatch):
     model, *batch = _setup(family)
-    assert sampler._can_share_prompts(model)
+    assert logprobs._can_share_prompts(model)
     shared = _logprobs_and_grads(model, *batch)
-    monkeypatch.setattr(sampler, "_can_share_prompts", lambda m: False)
+    monkeypatch.setattr(logprobs, "_can_share_prompts", lambda m: False)
     full = _logprobs_and_grads(model, *batch)
     assert torch.allclose(shared[0], full[0], atol=1e-5)
     assert torch.allclose(shared[1], full[1], atol=1e-4)
@@ -48,8 +48,8 @@ def test_shared_prompt_forward_equals_the_full_forward(family, monkeypatch):
 
 def test_no_shared_prompt_forward_under_activation_checkpointing():
     model, *_ = _setup("llama")
-    assert sampler._can_share_prompts(model)
+    assert logprobs._can_share_prompts(model)
     model = Backbone(tiny={**ARCH, "family": "llama"}, gradient_checkpointing=True).build_model()
     assert any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
     assert model.config.use_cache is False
-    assert not sampler._can_share_prompts(model)
+    assert not logprobs._can_share_prompts(model)

@@ -86,11 +86,11 @@ def test_resume_continues_where_the_run_stopped(make_cfg, tmp_path):
 
 
 def test_bad_config_values_name_the_key(make_cfg, tmp_path):
-    with pytest.raises(ConfigError, match="module: .*module.loss_on"):
+    with pytest.raises(ConfigError, match="^module.loss_on: 'everything' is not"):
         run(make_cfg("stage=sft", *FAST, "module.loss_on=everything"))
     with pytest.raises(ConfigError, match="ckpt_path: no checkpoint file"):
         run(make_cfg("stage=sft", *FAST, f"ckpt_path={tmp_path}/nope.ckpt"))
-    with pytest.raises(ConfigError, match="data: .*data.mode"):
+    with pytest.raises(ConfigError, match="^data.mode: unknown mode"):
         run(make_cfg("stage=sft", *FAST, "data.mode=ppo"))
     with pytest.raises(hydra.errors.ConfigCompositionException):
         make_cfg("stage=no_such_stage")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from r1lab.generation import RolloutEngine, SamplingParams
 from r1lab.rewards.accuracy import accuracy_reward, extract_answer
-from r1lab.rewards.format import has_format
+from r1lab.rewards.format import extract_think, has_format
 from r1lab.rewards.language import language_consistency
-from r1lab.rl.sampler import decode, sample
 
 METRICS = ("accuracy", "format", "language", "length", "truncated", "pass@1", "maj@k")
 
@@ -29,11 +29,16 @@ class EvalConfig:
     top_p: float = 0.95
     num_text_samples: int = 4  # completions logged as text per evaluation
 
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 0:
+            raise ValueError(f"module.evaluation.k: must be an integer >= 0, got {self.k!r}")
+        SamplingParams(self.max_new_tokens, self.temperature, self.top_p, key="module.evaluation")
 
-def thought(completion: str) -> str:
-    if "<think>" in completion:
-        return completion.split("<think>", 1)[1].split("</think>", 1)[0]
-    return completion
+    def greedy(self) -> SamplingParams:
+        return SamplingParams(self.max_new_tokens, greedy=True, key="module.evaluation")
+
+    def sampled(self) -> SamplingParams:
+        return SamplingParams(self.max_new_tokens, self.temperature, self.top_p, key="module.evaluation")
 
 
 def majority_answer(completions: list[str]) -> str | None:
@@ -46,30 +51,28 @@ def score_completions(prompts: list[str], completions: list[str], records: list[
     return {
         "accuracy": [accuracy_reward(p, c, r) for p, c, r in zip(prompts, completions, records)],
         "format": [float(has_format(c, strict=True)) for c in completions],
-        "language": [language_consistency(thought(c), r.get("language", "en")) for c, r in zip(completions, records)],
+        "language": [language_consistency(extract_think(c), r.get("language", "en"))
+                     for c, r in zip(completions, records)],
     }
 
 
 @torch.no_grad()
-def evaluate_batch(model, tokenizer, batch: dict, cfg: EvalConfig, generator=None) -> tuple[dict, list[dict]]:
-    """Metrics per prompt (each a (B,) float tensor) and a few example rows for the text log."""
+def evaluate_batch(engine: RolloutEngine, batch: dict, cfg: EvalConfig, seed: int | None = None
+                   ) -> tuple[dict, list[dict]]:
+    """Metrics per prompt (each a (B,) float tensor) and a few example rows for the text log.
+
+    ``seed`` seeds the k sampled completions (the greedy one needs none)."""
     records = batch["records"]
     prompts = [r["prompt"] for r in records]
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, eos_id=tokenizer.eos_token_id,
-                  pad_id=tokenizer.pad_token_id)
-    was_training = model.training
-    model.eval()
-    greedy = sample(model, batch["prompt_ids"], batch["prompt_mask"], greedy=True, **kwargs)
-    texts = decode(tokenizer, greedy)
+    greedy = engine.generate(batch["prompt_ids"], batch["prompt_mask"], cfg.greedy())
+    texts = greedy.texts
     scores = score_completions(prompts, texts, records)
     out = {name: torch.tensor(values) for name, values in scores.items()}
     out["length"] = greedy.lengths.float().cpu()
     out["truncated"] = greedy.truncated.float().cpu()
     if cfg.k > 0:
-        ids = batch["prompt_ids"].repeat_interleave(cfg.k, 0)
-        mask = batch["prompt_mask"].repeat_interleave(cfg.k, 0)
-        sampled = sample(model, ids, mask, temperature=cfg.temperature, top_p=cfg.top_p, generator=generator, **kwargs)
-        sampled_texts = decode(tokenizer, sampled)
+        sampled_texts = engine.generate(batch["prompt_ids"], batch["prompt_mask"], cfg.sampled(), n=cfg.k,
+                                        seed=seed).texts
         rep = [r for r in records for _ in range(cfg.k)]
         correct = torch.tensor([accuracy_reward(r["prompt"], c, r) for r, c in zip(rep, sampled_texts)])
         out["pass@1"] = correct.view(-1, cfg.k).mean(-1)
@@ -78,8 +81,6 @@ def evaluate_batch(model, tokenizer, batch: dict, cfg: EvalConfig, generator=Non
             0.0 if v is None else accuracy_reward(r["prompt"], f"<answer> {v} </answer>", r)
             for v, r in zip(votes, records)
         ])
-    if was_training:
-        model.train()
     examples = [
         {"prompt": p, "completion": t, "answer": r.get("answer"), "correct": out["accuracy"][i].item()}
         for i, (p, t, r) in enumerate(zip(prompts, texts, records))

@@ -1,9 +1,26 @@
-"""Run the R1 pipeline stage by stage: ``python -m r1lab.pipeline [--pipeline tiny] [--stage S] [--force]``.
+"""Run a pipeline stage by stage: ``python -m r1lab.pipeline [--pipeline tiny] [--stage S] [--force]``.
 
-Every stage writes ``outputs/pipeline/<name>/<stage>/`` and the next one reads its export by name.
-A stage whose output exists is skipped unless forced (a forced stage's old folder is moved aside,
-never deleted); a failing stage stops the pipeline with its name and log, and earlier outputs stay
-as they were. At the end the results table and plots are written (``r1lab.report``).
+A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages; each stage is a stage config
+(``conf/stage/<stage>.yaml``: a training stage or a job) run by ``python -m r1lab.train`` with the
+pipeline's Hydra overrides (``overrides``) and then the stage's own (``args``). Every stage writes
+``outputs/pipeline/<name>/<stage>/`` and the next one reads its export by name. A stage whose folder
+holds ``metrics.json`` (written last by ``r1lab.train``) is finished and skipped unless forced (a forced
+stage's old folder is moved aside, never deleted); a failing stage stops the pipeline with its name
+and log, and earlier outputs stay as they were. At the end the results table and plots are written
+(``r1lab.report``).
+
+Pipeline files may build on each other and repeat stages:
+
+- ``extends: <pipeline>`` takes that pipeline's stages; ``stage_args: {<stage>: [overrides]}`` adds
+  overrides to single stages (the micro scale is the tiny pipeline with smaller stages);
+- ``rounds: N`` with ``round: [stages]`` repeats a group of stages N times (iterative RL): in a round,
+  ``{r}`` is its number and each name in ``carry`` (e.g. ``{policy}``) is what the previous round
+  produced, ``start`` giving the first round's;
+- ``reads: <pipeline>`` names the pipeline whose outputs ``{inputs}`` points at.
+
+Placeholders in a stage's ``args``: ``{dir}`` (this pipeline's folder), ``{inputs}``, ``{out}`` (the
+stage's own folder), ``{python}``; a ``run: [argv]`` stage runs a command instead (``done`` names the
+file that marks it finished, ``done.json`` by default).
 """
 
 from __future__ import annotations
@@ -20,63 +37,124 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "pipeline"
+DONE = "metrics.json"
 
 
 class StageFailed(RuntimeError):
     pass
 
 
+class PipelineError(ValueError):
+    """A pipeline file that cannot be used; the message names the file and the entry."""
+
+
 @dataclass
 class Stage:
     name: str
     about: str = ""
-    train: list[str] | None = None
-    run: list[str] | None = None
-    done: str | None = None  # a file (relative to the stage folder) whose existence means "done"
-    extra: list[str] = field(default_factory=list)
+    stage: str | None = None  # the stage config (conf/stage/<stage>.yaml); default: the name
+    args: list[str] = field(default_factory=list)
+    run: list[str] | None = None  # a command instead of a stage config
+    done: str | None = None  # for a command: the file (relative to its folder) that marks it finished
 
     def marker(self, folder: Path) -> Path:
-        return folder / (self.done or ("hf/config.json" if self.train is not None else "done.json"))
+        return folder / (self.done or ("done.json" if self.run is not None else DONE))
 
 
-def load_pipeline(name_or_path: str) -> dict:
+@dataclass
+class Pipeline:
+    name: str
+    path: Path
+    stages: list[Stage]
+    overrides: list[str] = field(default_factory=list)
+    reads: str | None = None
+
+
+def _pipeline_file(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if not path.suffix:
         path = CONF / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in CONF.glob("*.yaml"))
-        raise FileNotFoundError(f"--pipeline: no pipeline {name_or_path!r} (known: {known})")
+        raise PipelineError(f"--pipeline: no pipeline {name_or_path!r} (known: {known})")
+    return path
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():  # only these placeholders: arguments may hold other braces
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _stage(spec, path: Path, where: str, values: dict[str, str] | None = None) -> Stage:
+    if not isinstance(spec, dict) or "name" not in spec or ("run" in spec and ("stage" in spec or "args" in spec)):
+        raise PipelineError(f"{path}: {where} needs a name and either stage/args or run")
+    unknown = set(spec) - {"name", "about", "stage", "args", "run", "done"}
+    if unknown:
+        raise PipelineError(f"{path}: {where}: unknown key(s) {sorted(unknown)}")
+    values = values or {}
+    spec = {k: (_fill(v, values) if isinstance(v, str) else [_fill(str(a), values) for a in v] if isinstance(v, list)
+                else v) for k, v in spec.items()}
+    return Stage(**spec)
+
+
+def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
+    """The stages of a pipeline file, with ``extends``, ``stage_args`` and ``rounds`` applied."""
+    path = _pipeline_file(name_or_path)
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    stages = []
-    for i, s in enumerate(spec.get("stages", [])):
-        if not isinstance(s, dict) or "name" not in s or (("train" in s) == ("run" in s)):
-            raise ValueError(f"{path}: stages[{i}] needs a name and exactly one of train/run")
-        stages.append(Stage(**s))
-    return {"name": spec.get("name", path.stem), "overrides": list(spec.get("overrides", [])), "stages": stages,
-            "path": path}
+    unknown = set(spec) - {"name", "about", "overrides", "stages", "extends", "stage_args", "rounds", "round",
+                           "start", "carry", "reads"}
+    if unknown:
+        raise PipelineError(f"{path}: unknown key(s) {sorted(unknown)}")
+    if "extends" in spec:
+        base = load_pipeline(spec["extends"])
+        stages = base.stages
+        overrides = [*base.overrides, *spec.get("overrides", [])]
+    else:
+        stages = [_stage(s, path, f"stages[{i}]") for i, s in enumerate(spec.get("stages", []))]
+        overrides = list(spec.get("overrides", []))
+    names = [s.name for s in stages]
+    for name, args in (spec.get("stage_args") or {}).items():
+        if name not in names:
+            raise PipelineError(f"{path}: stage_args.{name}: no stage of that name (stages: {', '.join(names)})")
+        stage = stages[names.index(name)]
+        stage.args = [*stage.args, *args]
+    if "round" in spec:
+        carried = dict(spec.get("start") or {})
+        if set(carried) != set(spec.get("carry") or {}):
+            raise PipelineError(f"{path}: start and carry must name the same values")
+        for r in range(1, (rounds if rounds is not None else int(spec.get("rounds", 1))) + 1):
+            values = {"r": str(r), **carried}
+            stages += [_stage(s, path, f"round[{i}]", values) for i, s in enumerate(spec["round"])]
+            carried = {k: _fill(v, values) for k, v in spec["carry"].items()}
+    elif rounds is not None:
+        raise PipelineError(f"--rounds: {path} has no round of stages to repeat")
+    if not stages:
+        raise PipelineError(f"{path}: no stages")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{path}: stage names repeat ({', '.join(names)})")
+    return Pipeline(spec.get("name", path.stem), path, stages, overrides, spec.get("reads"))
 
 
-def _command(stage: Stage, pipeline: dict, root: Path, folder: Path, extra: list[str]) -> list[str]:
-    fill = {"{dir}": str(root), "{python}": sys.executable, "{out}": str(folder)}
-
-    def expand(arg: str) -> str:  # only these placeholders: arguments may hold other braces
-        for key, value in fill.items():
-            arg = arg.replace(key, value)
-        return arg
-
-    if stage.train is not None:
-        args = [expand(a) for a in stage.train] + pipeline["overrides"] + extra
-        return [sys.executable, "-m", "r1lab.train", *args, f"pipeline_name={pipeline['name']}",
-                f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
-    return [expand(a) for a in stage.run]
+def _command(stage: Stage, pipeline: Pipeline, root: Path, folder: Path, extra: list[str]) -> list[str]:
+    values = {"dir": str(root), "python": sys.executable, "out": str(folder),
+              "inputs": str(root.parent / (pipeline.reads or pipeline.name))}
+    if stage.run is not None:
+        return [_fill(a, values) for a in stage.run]
+    # the pipeline's overrides, then the stage's own (the more specific wins), then the command line's
+    args = [f"stage={stage.stage or stage.name}", *pipeline.overrides, *(_fill(a, values) for a in stage.args),
+            *extra]
+    return [sys.executable, "-m", "r1lab.train", *args, f"pipeline_name={pipeline.name}",
+            f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
 
 
-def run_stage(stage: Stage, pipeline: dict, root: Path, force: bool = False, extra: list[str] | None = None) -> str:
-    """Run one stage unless its output exists; returns "skipped" or "done"."""
+def run_stage(stage: Stage, pipeline: Pipeline, root: Path, force: bool = False, extra: list[str] | None = None) -> str:
+    """Run one stage unless it is finished; returns "skipped" or "done"."""
     folder = root / stage.name
     marker = stage.marker(folder)
     if marker.exists() and not force:
-        print(f"[pipeline] {stage.name}: output exists ({marker}), skipped (--force to redo)", flush=True)
+        print(f"[pipeline] {stage.name}: finished ({marker}), skipped (--force to redo)", flush=True)
         return "skipped"
     if folder.exists():  # a finished run being redone, or the remains of an interrupted one
         kind = "old" if marker.exists() else "incomplete"
@@ -106,18 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="tiny", help="conf/pipeline/<name>.yaml or a YAML path")
     parser.add_argument("--stage", action="append", help="run only this stage (repeatable)")
-    parser.add_argument("--force", action="store_true", help="redo stages whose output exists")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of a repeated pipeline (iterative RL)")
+    parser.add_argument("--force", action="store_true", help="redo stages that are finished")
     parser.add_argument("--root", default="outputs", help="outputs root (pipeline folders go under <root>/pipeline)")
     parser.add_argument("--no-report", action="store_true", help="skip the results table and plots")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every train stage")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every stage")
     args = parser.parse_args(argv)
-    pipeline = load_pipeline(args.pipeline)
-    root = Path(args.root) / "pipeline" / pipeline["name"]
-    names = [s.name for s in pipeline["stages"]]
+    try:
+        pipeline = load_pipeline(args.pipeline, args.rounds)
+    except PipelineError as error:
+        parser.error(str(error))
+    root = Path(args.root) / "pipeline" / pipeline.name
+    names = [s.name for s in pipeline.stages]
     for wanted in args.stage or []:
         if wanted not in names:
-            parser.error(f"--stage: no stage {wanted!r} in {pipeline['path']} (stages: {', '.join(names)})")
-    selected = [s for s in pipeline["stages"] if not args.stage or s.name in args.stage]
+            parser.error(f"--stage: no stage {wanted!r} in {pipeline.path} (stages: {', '.join(names)})")
+    selected = [s for s in pipeline.stages if not args.stage or s.name in args.stage]
     try:
         for stage in selected:
             run_stage(stage, pipeline, root, force=args.force or bool(args.stage), extra=args.overrides)
@@ -127,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report and not args.stage:
         from r1lab.report import write_report
 
-        table = write_report(root, [s.name for s in pipeline["stages"]])
+        table = write_report(root, names)
         print(table)
     return 0
 

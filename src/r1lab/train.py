@@ -1,7 +1,9 @@
 """The entry point of every stage: ``python -m r1lab.train stage=<stage> [overrides]``.
 
-seed → backbone (model + tokenizer) → DataModule (connected to the tokenizer) → module → callbacks,
-loggers → trainer → fit → test → metrics.json; returns the metric a sweep optimises.
+A training stage: seed → backbone (model + tokenizer) → DataModule (connected to the tokenizer) →
+module → callbacks, loggers → trainer → fit → test → metrics.json; returns the metric a sweep
+optimises. A job stage (its config sets ``job``: rejection sampling, preference pairs, …): seed → the
+job → its run → metrics.json.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def build(cfg: DictConfig, key: str, **kwargs):
         return hydra.utils.instantiate(node, **kwargs)
     except Exception as e:  # re-raised with the key; the original stays chained
         cause = e.__cause__ if e.__cause__ is not None and type(e).__name__ == "InstantiationException" else e
-        raise ConfigError(f"{key}: {cause}") from e
+        message = str(cause)
+        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from e
 
 
 def _flat(cfg: DictConfig) -> dict:
@@ -68,6 +71,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("job") is not None:
+        return run_job(cfg)
 
     log.info(f"Backbone <{cfg.backbone._target_}>")
     backbone = build(cfg, "backbone")
@@ -101,10 +106,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(_flat(cfg), metrics=final)
 
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir) / "metrics.json"
-        out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        log.info(f"Metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
+        write_metrics(cfg, metrics)
     return metrics
+
+
+def run_job(cfg: DictConfig) -> dict[str, float]:
+    """A data-generating stage: build the job from ``cfg.job`` and run it into the run's folder."""
+    log.info(f"Job <{cfg.job._target_}>")
+    job = build(cfg, "job")
+    metrics = {k: float(v) for k, v in job.run(Path(cfg.paths.output_dir)).items()}
+    write_metrics(cfg, metrics)
+    return metrics
+
+
+def write_metrics(cfg: DictConfig, metrics: dict[str, float]) -> None:
+    """``metrics.json``, written last: the pipeline takes a stage whose folder has it as finished."""
+    out = Path(cfg.paths.output_dir) / "metrics.json"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tmp.replace(out)
+    log.info(f"Metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")

@@ -78,11 +78,11 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
 
     from r1lab.data import R1DataModule
     from r1lab.data.tinyworld import TinyWorld
+    from r1lab.generation import sample, sequence_logprobs
+    from r1lab.generation.static_kv import StaticCacheDecoder
     from r1lab.models import Backbone
     from r1lab.modules.grpo import GRPO
     from r1lab.rewards import RewardSet
-    from r1lab.rl.fast_decode import StaticCacheDecoder
-    from r1lab.rl.sampler import sample, sequence_logprobs
 
     torch.set_num_threads(w["threads"])
     backbone = Backbone(name_or_path=model_dir, dtype="float32")

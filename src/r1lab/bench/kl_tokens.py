@@ -11,8 +11,9 @@ import torch
 
 from r1lab.data.collate import Tokenized, left_pad
 from r1lab.data.tinyworld import TinyWorld
+from r1lab.generation import SamplingParams, TorchEngine
 from r1lab.models import Backbone
-from r1lab.rl.sampler import sample
+from r1lab.tensors import positions_from_mask
 
 
 @torch.no_grad()
@@ -27,11 +28,10 @@ def capture_logits(policy_path: str, reference_path: str, n_prompts: int = 64, m
     records = TinyWorld(sizes={"train": 0, "val": 0, "test": n_prompts}).load("test")
     tok = Tokenized(tokenizer, template, 256, max_new_tokens)
     ids, mask = left_pad([tok.prompt_ids(r["prompt"]) for r in records], tokenizer.pad_token_id)
-    out = sample(policy, ids, mask, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_token_id,
-                 pad_id=tokenizer.pad_token_id, generator=torch.Generator().manual_seed(seed))
+    out = TorchEngine(policy, tokenizer).generate(ids, mask, SamplingParams(max_new_tokens), seed=seed)
     full = torch.cat([ids, out.completion_ids], 1)
     attention = torch.cat([mask, out.completion_mask], 1)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(attention)
     keep = out.completion_mask.bool()  # (B, T) positions that predicted a sampled token
 
     def logits(model):

@@ -124,8 +124,7 @@ class R1DataModule(L.LightningDataModule):
     def _eval_collator(self) -> Collator:
         if self.mode == "preference":
             return Collator(self._tokenized(), "preference")
-        mode = "rl" if self.mode == "rl" else self.mode
-        return Collator(self._tokenized(), mode, with_prompts=True)
+        return Collator(self._tokenized(), self.mode, with_prompts=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self._eval_collator(), self.eval_batch_size, shuffle=False)

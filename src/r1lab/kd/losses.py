@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r1lab.rl.losses import masked_mean
+from r1lab.tensors import masked_mean
 
 KD_KINDS = ("forward_kl", "reverse_kl", "jsd")
 

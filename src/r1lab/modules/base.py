@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 
 from r1lab.evaluation import METRICS, EvalConfig, evaluate_batch, examples_markdown
+from r1lab.generation import RolloutConfig, RolloutEngine, make_engine, mix_seed
 from r1lab.models.backbone import Backbone
 from r1lab.models.tokenizer import save_tokenizer
 
@@ -62,22 +63,32 @@ def log_epoch_metrics(module: L.LightningModule, split: str, names, key=lambda n
 class PolicyModule(L.LightningModule):
     """Base of the policy stages.
 
+    Hyperparameters (saved in every checkpoint) are the plain-data init arguments: the objects in
+    ``not_hparams`` (models, factories, reward functions) stay out, so that a checkpoint holds tensors
+    and plain data only and loads with ``torch.load(weights_only=True)``.
+
     Args:
         backbone: the ``Backbone`` (model + tokenizer) this stage trains.
         optimizer: a partial optimizer (``_partial_: true``), completed with the parameters here.
         scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, or None.
         evaluation: ``EvalConfig`` fields (generation settings of validation and test).
+        rollout: the ``rollout`` config (which engine samples: ``r1lab.generation.RolloutConfig``).
     """
 
-    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, evaluation: dict | None = None) -> None:
+    not_hparams: tuple[str, ...] = ("backbone", "optimizer", "scheduler")
+
+    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, evaluation: dict | None = None,
+                 rollout: dict | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=list(self.not_hparams), logger=False)
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_cfg = EvalConfig(**(evaluation or {}))
+        self.rollout_cfg = RolloutConfig.of(rollout)
         self.policy: torch.nn.Module | None = None
+        self._engine: RolloutEngine | None = None
         self.eval_metrics = torch.nn.ModuleDict(
             {f"{split}_{_metric_key(m)}": MeanMetric() for split in ("val", "test") for m in METRICS}
         )
@@ -91,6 +102,13 @@ class PolicyModule(L.LightningModule):
     def forward(self, **inputs):
         return self.policy(**inputs)
 
+    @property
+    def engine(self) -> RolloutEngine:
+        """The rollout engine bound to the policy (built on first use, after ``configure_model``)."""
+        if self._engine is None or self._engine.model is not self.policy:
+            self._engine = make_engine(self.rollout_cfg, self.policy, self.tokenizer)
+        return self._engine
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("module.optimizer is not set")
@@ -103,12 +121,13 @@ class PolicyModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _generator(self, split: str) -> torch.Generator:
-        seed = 1234 + 7919 * self.global_rank + (0 if split == "test" else self.global_step)
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def _eval_seed(self, split: str) -> int:
+        """The seed of an evaluation batch's samples: per rank, and per step for validation (the test
+        split is sampled alike at every step, so two stages' test numbers compare like with like)."""
+        return mix_seed(0, self.global_rank, 1234 + (0 if split == "test" else self.global_step))
 
     def _eval_step(self, batch: dict, split: str) -> None:
-        scores, examples = evaluate_batch(self.policy, self.tokenizer, batch, self.eval_cfg, self._generator(split))
+        scores, examples = evaluate_batch(self.engine, batch, self.eval_cfg, self._eval_seed(split))
         for name, values in scores.items():
             key = f"{split}_{_metric_key(name)}"
             if key in self.eval_metrics:

@@ -14,7 +14,7 @@ no reference tokens at all, so α must then be 0.
 
 Sequence level, what DeepSeek-R1 actually did for its small models (arXiv 2501.12948, §2.4: "fine-tuned
 … using the 800k samples curated with DeepSeek-R1"), is not this module: it is SFT of the student on
-the teacher's filtered samples, i.e. ``python -m r1lab.rejection --policy <teacher>`` followed by
+the teacher's filtered samples, i.e. rejection sampling of the teacher (``stage=distill_data``) followed by
 ``stage=student_sft`` with ``data=sft_file`` (see conf/stage/student_sft.yaml).
 
 The teacher is a second ``Backbone``, built lazily like the student, frozen (eval mode, no grad) and
@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 
 from r1lab.data.collate import IGNORE, left_pad
+from r1lab.generation import SamplingParams, check_sampling, mix_seed
 from r1lab.kd import KD_KINDS, distill_objective
 from r1lab.models.backbone import Backbone, count_parameters
 from r1lab.modules.base import PolicyModule
-from r1lab.rl.sampler import sample
+from r1lab.tensors import positions_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,9 @@ def check_same_tokenizer(student_tok, teacher_tok, student: str = "student", tea
             f"distillation: the teacher ({teacher}) and the student ({student}) use different tokenizers: "
             + "; ".join(problems)
             + ". Token-level KD compares next-token distributions id by id, so both must share one "
-            "tokenizer; for different tokenizers distil at sequence level instead (r1lab.rejection on the "
+            "tokenizer; for different tokenizers distil at sequence level instead (rejection sampling of the "
             "teacher, then SFT of the student on its samples)."
         )
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T); left padding shifts positions
 
 
 def prompts_from_sequences(input_ids: torch.Tensor, labels: torch.Tensor, pad_id: int):
@@ -87,6 +84,7 @@ def prompts_from_sequences(input_ids: torch.Tensor, labels: torch.Tensor, pad_id
 
 
 class Distillation(PolicyModule):
+
     """Args (besides ``PolicyModule``'s; ``backbone`` is the student):
         teacher: the teacher ``Backbone`` (same tokenizer as the student; checked before training).
         loss: forward_kl (Hinton) | reverse_kl (MiniLLM) | jsd (GKD's JSD_β).
@@ -99,6 +97,8 @@ class Distillation(PolicyModule):
         max_new_tokens, sample_temperature, top_p: the student's sampling when ``on_policy``.
         seed: base seed of the on-policy sampler.
     """
+
+    not_hparams = (*PolicyModule.not_hparams, "teacher")  # a Backbone object, not a hyperparameter
 
     def __init__(
         self,
@@ -117,16 +117,18 @@ class Distillation(PolicyModule):
         sample_temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int = 0,
+        rollout: dict | None = None,
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation)
-        # again, now also without the teacher (a Backbone object, not a hyperparameter)
-        self.save_hyperparameters(ignore=["backbone", "teacher", "optimizer", "scheduler"], logger=False)
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
         if loss not in KD_KINDS:
             raise ValueError(f"module.loss: {loss!r} is not one of {KD_KINDS}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"module.alpha: must lie in [0, 1], got {alpha}")
         if temperature <= 0:
             raise ValueError(f"module.temperature: must be > 0, got {temperature}")
+        check_sampling(max_new_tokens, sample_temperature, top_p, "module",
+                       names=("max_new_tokens", "sample_temperature", "top_p"))
+        self.sampling = SamplingParams(max_new_tokens, sample_temperature, top_p, key="module")
         on_policy = float(on_policy)
         if not 0.0 <= on_policy <= 1.0:
             raise ValueError(f"module.on_policy: true, false or a fraction of steps in [0, 1], got {on_policy}")
@@ -199,7 +201,7 @@ class Distillation(PolicyModule):
 
     # -- the loss ------------------------------------------------------------------------------
     def _logits(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = _positions(attention_mask)
+        positions = positions_from_mask(attention_mask)
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
         return out.logits[..., : self._vocab]  # (B, T, V)
 
@@ -231,14 +233,9 @@ class Distillation(PolicyModule):
             prompt_ids, prompt_mask = prompts_from_sequences(batch["input_ids"], batch["labels"],
                                                              self.tokenizer.pad_token_id)
             prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
-        generator = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + self.global_step * 7919 + self.global_rank
-        )
-        self.policy.eval()
-        out = sample(self.policy, prompt_ids, prompt_mask, max_new_tokens=self.max_new_tokens,
-                     eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
-                     temperature=self.sample_temperature, top_p=self.top_p, generator=generator)
-        self.policy.train()
+        self.engine.sync_weights()
+        out = self.engine.generate(prompt_ids, prompt_mask, self.sampling,
+                                   seed=mix_seed(self.seed, self.global_step, self.global_rank))
         input_ids = torch.cat([prompt_ids, out.completion_ids], dim=1)  # (B, P+T)
         attention_mask = torch.cat([prompt_mask, out.completion_mask], dim=1)
         labels = torch.cat([torch.full_like(prompt_ids, IGNORE),
@@ -251,7 +248,7 @@ class Distillation(PolicyModule):
         the step, so every DDP rank and a resumed run make the same choice."""
         if self.on_policy in (0.0, 1.0):
             return self.on_policy == 1.0
-        return random.Random(self.seed * 1_000_003 + self.global_step).random() < self.on_policy
+        return random.Random(mix_seed(self.seed, stream=self.global_step)).random() < self.on_policy
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         extra = {}

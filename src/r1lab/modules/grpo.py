@@ -24,10 +24,13 @@ import time
 
 import torch
 
+from r1lab.checks import check_choice, check_number
+from r1lab.evaluation import examples_markdown
+from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule
 from r1lab.rewards.compose import RewardSet
-from r1lab.rl import group_advantages, grpo_loss, masked_mean
-from r1lab.rl.sampler import decode, sample, sequence_logprobs
+from r1lab.rl import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
+from r1lab.tensors import masked_mean
 
 
 class GRPO(PolicyModule):
@@ -49,6 +52,8 @@ class GRPO(PolicyModule):
         max_grad_norm: gradient clipping (manual optimisation clips here, not in the trainer).
         seed: base seed of the rollout sampler (combined with the step and the rank).
     """
+
+    not_hparams = (*PolicyModule.not_hparams, "rewards")  # reward functions are objects, not plain data
 
     def __init__(
         self,
@@ -75,14 +80,24 @@ class GRPO(PolicyModule):
         max_grad_norm: float | None = 1.0,
         log_completions_every: int = 50,
         seed: int = 0,
+        rollout: dict | None = None,
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation)
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
         if rewards is None:
             raise ValueError("module.rewards: GRPO needs at least one reward function")
-        if group_size < 2:
-            raise ValueError(f"module.group_size: GRPO needs G >= 2 completions per prompt, got {group_size}")
-        if num_iterations < 1 or mini_batches < 1:
-            raise ValueError("module.num_iterations and module.mini_batches must be >= 1")
+        check_number("module.group_size", group_size, 2, integer=True)  # G >= 2: a group needs a spread
+        check_number("module.num_iterations", num_iterations, 1, integer=True)
+        check_number("module.mini_batches", mini_batches, 1, integer=True)
+        check_number("module.micro_batch_size", micro_batch_size, 1, integer=True, allow_none=True)
+        self.sampling = SamplingParams(max_new_tokens, temperature, top_p, key="module")
+        check_number("module.beta", beta, 0.0)
+        check_choice("module.kl_estimator", kl_estimator, KL_ESTIMATORS)
+        check_number("module.ref_reset_every", ref_reset_every, 0, integer=True)
+        check_number("module.clip_low", clip_low, 0.0, 1.0)
+        check_number("module.clip_high", clip_high, 0.0)
+        check_choice("module.advantage_scale", advantage_scale, ADVANTAGE_SCALES)
+        check_choice("module.aggregation", aggregation, AGGREGATIONS)
+        check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
         self.automatic_optimization = False
         self.rewards = rewards
         self.G, self.mu = group_size, num_iterations
@@ -111,16 +126,10 @@ class GRPO(PolicyModule):
     def rollout(self, batch: dict) -> dict:
         """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks)."""
         records = [r for r in batch["records"] for _ in range(self.G)]
-        prompt_ids = batch["prompt_ids"].repeat_interleave(self.G, 0)  # (B·G, P)
-        prompt_mask = batch["prompt_mask"].repeat_interleave(self.G, 0)
-        generator = torch.Generator(device=self.device).manual_seed(
-            self.seed * 1_000_003 + self.rollouts_done * 7919 + self.global_rank
-        )
-        self.policy.eval()
-        out = sample(self.policy, prompt_ids, prompt_mask, max_new_tokens=self.max_new_tokens,
-                     eos_id=self.tokenizer.eos_token_id, pad_id=self.tokenizer.pad_token_id,
-                     temperature=self.temperature, top_p=self.top_p, generator=generator)
-        self.policy.train()
+        self.engine.sync_weights()
+        out = self.engine.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, n=self.G,
+                                   seed=mix_seed(self.seed, self.rollouts_done, self.global_rank))
+        prompt_ids, prompt_mask = out.prompt_ids, out.prompt_mask  # (B·G, P): each prompt G times
         mask = out.completion_mask.float()  # (B·G, T)
         if self.mask_truncated:
             mask = mask * (~out.truncated).float().unsqueeze(1)
@@ -129,7 +138,7 @@ class GRPO(PolicyModule):
             ref_logp = sequence_logprobs(self.reference, prompt_ids, prompt_mask, out.completion_ids,
                                          out.completion_mask, self.temperature)
         return {
-            "records": records, "texts": decode(self.tokenizer, out), "prompt_ids": prompt_ids,
+            "records": records, "texts": out.texts, "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask, "completion_ids": out.completion_ids,
             "completion_mask": out.completion_mask, "loss_mask": mask, "old_logp": out.logprobs,
             "ref_logp": ref_logp, "truncated": out.truncated,
@@ -226,6 +235,4 @@ class GRPO(PolicyModule):
             correct = per_function.get("accuracy", rewards)
             rows = [{"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": float(c)}
                     for r, t, c in zip(roll["records"][:: self.G], roll["texts"][:: self.G], correct[:: self.G])]
-            from r1lab.evaluation import examples_markdown
-
             self._log_text("train/completions", examples_markdown(rows[:4]))

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 
 from r1lab.data.collate import IGNORE
-from r1lab.models.backbone import Backbone
+from r1lab.models.backbone import DTYPES, Backbone
 from r1lab.modules.base import PolicyModule, export_hf, log_epoch_metrics
 from r1lab.rm.losses import bradley_terry_loss
 from r1lab.rm.model import (
@@ -30,6 +30,7 @@ from r1lab.rm.model import (
     REDUCTIONS,
     SETTINGS_FILE,
     build_reward_model,
+    export_settings,
     likelihood_rewards,
     reward_kind,
     sequence_rewards,
@@ -85,19 +86,32 @@ class RewardModel(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        start = reward_kind(self.backbone.name_or_path) if self.backbone.name_or_path else None
-        if start is not None and start != self.kind:  # continuing an earlier reward model (iterative RL)
-            raise ValueError(f"module.kind: {self.kind!r}, but backbone.name_or_path {self.backbone.name_or_path} "
-                             f"is a {start!r} reward model; continue it with module.kind={start}")
+        self.check_continuation()
         if self.kind == "scalar":
             self.model = build_reward_model(self.backbone).train()  # from_pretrained returns eval mode
             return
         self.model = self.backbone.build_model().train()
         if self.reference_path is not None:
-            from transformers import AutoModelForCausalLM
-
-            self.reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=self.model.dtype)
+            dtype = next(name for name, d in DTYPES.items() if d == self.model.dtype)
+            self.reference = Backbone(name_or_path=self.reference_path, dtype=dtype).build_model()
             self.reference.eval().requires_grad_(False)
+
+    def check_continuation(self) -> None:
+        """Continuing an earlier reward model (iterative RL) must keep what its scores mean: the same
+        kind and, for the likelihood kind, the β, reduction and reference its export recorded."""
+        path = self.backbone.name_or_path
+        start = reward_kind(path) if path else None
+        if start is None:
+            return
+        if start != self.kind:
+            raise ValueError(f"module.kind: {self.kind!r}, but backbone.name_or_path {path} "
+                             f"is a {start!r} reward model; continue it with module.kind={start}")
+        if self.kind == "likelihood":
+            recorded = export_settings(path)
+            for key, ours in (("beta", self.beta), ("reduction", self.reduction), ("reference", self.reference_path)):
+                if key in recorded and recorded[key] != ours:
+                    raise ValueError(f"module.{key}: {ours}, but {path} was trained with {key} {recorded[key]}; "
+                                     f"continue it with module.{key}={recorded[key]}")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,8 +33,9 @@ class ColdStartSFT(PolicyModule):
         loss_on: ``response`` (SFT, prompt masked) or ``all`` (base-model pretraining on whole sequences).
     """
 
-    def __init__(self, backbone, optimizer=None, scheduler=None, evaluation=None, loss_on: str = "response") -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation)
+    def __init__(self, backbone, optimizer=None, scheduler=None, evaluation=None, loss_on: str = "response",
+                 rollout: dict | None = None) -> None:
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
         if loss_on not in ("response", "all"):
             raise ValueError(f"module.loss_on: {loss_on!r} is not 'response' or 'all'")
         self.loss_on = loss_on

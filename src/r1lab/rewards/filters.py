@@ -3,8 +3,8 @@
 DeepSeek-R1 (arXiv 2501.12948, §2.3.3): from the reasoning-RL checkpoint, sample several responses
 per prompt and "only retain the correct ones"; "we have filtered out chain-of-thought with mixed
 languages, long paragraphs, and code blocks". Each filter here is a pure predicate on
-(prompt, completion, reference) that never raises, and ``RejectionFilters.keep`` gives the verdict
-with the names of the filters that failed (for the data set's statistics).
+(prompt, completion, reference) that never raises, and ``RejectionFilters.reasons`` gives the names of the
+filters that failed ([] = keep; the data set's statistics count them).
 
 Where this departs from the paper: R1 also keeps prompts whose answers cannot be checked by rules,
 judged by DeepSeek-V3 (a generative reward model); here correctness is the rule-based accuracy reward
@@ -58,7 +58,9 @@ def paragraphs(text: str) -> list[str]:
 
 
 def count_words(text: str) -> int:
-    """Whitespace-separated words, each CJK ideograph counting as one (Chinese has no spaces)."""
+    """Words of any language for the paragraph-length filter: whitespace-separated runs, each CJK
+    ideograph counting as one (Chinese has no spaces); numbers and punctuation count too.
+    (``r1lab.rewards.language.words_by_language`` counts only words of a language, per language.)"""
     return len(_WORD.findall(text))
 
 
@@ -130,17 +132,7 @@ class RejectionFilters:
             failed.append("invalid_step")
         return failed
 
-    def keep(self, prompt: str, completion: str, reference: dict) -> tuple[bool, list[str]]:
-        """(keep?, the failed filters' names)."""
-        failed = self.reasons(prompt, completion, reference)
-        return not failed, failed
-
     def to_dict(self) -> dict:
         out = asdict(self)
         out["code_blocks_for"] = None if self.code_blocks_for is None else list(self.code_blocks_for)
         return out
-
-
-def keep(prompt: str, completion: str, reference: dict, filters: RejectionFilters | None = None):
-    """(keep?, reasons) under ``filters`` (R1's defaults when None)."""
-    return (filters or RejectionFilters()).keep(prompt, completion, reference)

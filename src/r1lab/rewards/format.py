@@ -93,3 +93,9 @@ def format_reward_lenient(prompt: str, completion: str, reference: dict) -> floa
     learns to stop writing text outside the tags.
     """
     return float(has_format(completion, strict=False))
+
+
+def final_answer_view(completion: str) -> str:
+    """What R1's helpfulness model judges: the response after the chain of thought (after the last
+    ``</think>``), or the whole completion when it has none."""
+    return completion.rsplit(THINK_CLOSE, 1)[1].strip() if THINK_CLOSE in completion else completion

@@ -39,7 +39,7 @@ _WORD = re.compile(
 )
 
 
-def count_words(text: str) -> Counter:
+def words_by_language(text: str) -> Counter:
     """Number of words per language in the text, e.g. Counter({"en": 2, "zh": 2})."""
     return Counter(m.lastgroup for m in _WORD.finditer(_TAG.sub(" ", text)))
 
@@ -51,7 +51,7 @@ def language_consistency(text: str, target: str = "en") -> float:
     """
     if target not in SCRIPTS:
         raise ValueError(f"language {target!r} is not supported; known: {sorted(SCRIPTS)}")
-    counts = count_words(text)
+    counts = words_by_language(text)
     total = sum(counts.values())
     return counts[target] / total if total else 1.0
 

@@ -20,19 +20,9 @@ import torch
 from torch import Tensor
 
 from r1lab.rl.kl import kl_estimate
+from r1lab.tensors import masked_mean
 
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_sum_norm")
-
-
-def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is 1; 0 where there are none (never NaN).
-
-    ``x`` must be finite at masked-out positions too (it is multiplied by the mask).
-    """
-    m = mask.to(x.dtype)
-    num = (x * m).sum() if dim is None else (x * m).sum(dim)
-    den = m.sum() if dim is None else m.sum(dim)
-    return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:

@@ -3,7 +3,7 @@ iterative RL loop of DeepSeekMath (Algorithm 1) that retrains it."""
 
 from r1lab.rm.losses import bradley_terry_loss
 from r1lab.rm.model import build_reward_model, last_token_index, sequence_rewards
-from r1lab.rm.scorer import NeuralReward, RewardStateCheckpoint, RunningMoments, final_answer_view
+from r1lab.rm.scorer import NeuralReward, RewardStateCheckpoint, RunningMoments
 
 __all__ = [
     "NeuralReward",
@@ -11,7 +11,6 @@ __all__ = [
     "RunningMoments",
     "bradley_terry_loss",
     "build_reward_model",
-    "final_answer_view",
     "last_token_index",
     "sequence_rewards",
 ]

@@ -18,6 +18,7 @@ import torch
 from r1lab.data.collate import Tokenized, sequences
 from r1lab.data.preferences import PreferenceFile
 from r1lab.data.sources import DataError
+from r1lab.models.backbone import Backbone
 from r1lab.rm.model import response_logprobs
 
 
@@ -37,15 +38,9 @@ def response_scores(model, tok: Tokenized, prompts: list[str], responses: list[s
 def ranking_accuracy(policy: str | Path, pairs: list[dict], template: str = "chat", system_prompt: str = "",
                      max_prompt_tokens: int = 256, max_response_tokens: int = 256) -> dict[str, float]:
     """Share of pairs whose chosen response the policy finds more likely (summed and worst-token log-prob)."""
-    from transformers import AutoModelForCausalLM
-
-    from r1lab.models.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(str(policy))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(policy)).eval()
-    tok = Tokenized(tokenizer, template, max_prompt_tokens, max_response_tokens, system_prompt)
+    backbone = Backbone(name_or_path=str(policy), dtype="auto")
+    model = backbone.build_model().eval()
+    tok = Tokenized(backbone.tokenizer, template, max_prompt_tokens, max_response_tokens, system_prompt)
     prompts = [p["prompt"] for p in pairs]
     chosen_sum, chosen_min = response_scores(model, tok, prompts, [p["chosen"] for p in pairs])
     rejected_sum, rejected_min = response_scores(model, tok, prompts, [p["rejected"] for p in pairs])

@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification
 
 from r1lab.data.collate import IGNORE
 from r1lab.models.backbone import DTYPES, Backbone, enable_checkpointing
-from r1lab.rl.sampler import token_logprobs
+from r1lab.tensors import positions_from_mask, token_logprobs
 
 SETTINGS_FILE = "r1lab_reward.json"  # how the exported reward model tokenizes (template, limits) and its kind
 KINDS = ("scalar", "likelihood")
@@ -98,7 +98,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) float32 rewards: the head applied to the hidden state of each row's last real token."""
     mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding shifts positions
+    positions = positions_from_mask(mask)  # (B, T): left padding shifts positions
     hidden = model.base_model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                               use_cache=False).last_hidden_state  # (B, T, H)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]  # (B, H)
@@ -110,7 +110,7 @@ def response_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention
     """(log π(token | prefix) (B, T-1), response mask (B, T-1)): position t scores token t+1, and the
     mask keeps the tokens whose label is not ``IGNORE`` (the response). Left or right padding."""
     mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(mask)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[:, :-1]
     target = labels[:, 1:]
     keep = target != IGNORE

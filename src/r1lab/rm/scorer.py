@@ -22,17 +22,11 @@ import lightning as L
 import torch
 
 from r1lab.data.collate import Tokenized, sequences
-from r1lab.rewards.format import THINK_CLOSE
-from r1lab.rm.model import export_settings, likelihood_rewards, reward_kind, sequence_rewards
+from r1lab.rewards.format import final_answer_view
+from r1lab.rm.model import build_reward_model, export_settings, likelihood_rewards, reward_kind, sequence_rewards
 
 VIEWS = ("response", "answer")
 NORMALIZATIONS = ("running", "batch", "none")
-
-
-def final_answer_view(completion: str) -> str:
-    """What R1's helpfulness model judges: the response after the chain of thought (after the last
-    ``</think>``), or the whole completion when it has none."""
-    return completion.rsplit(THINK_CLOSE, 1)[1].strip() if THINK_CLOSE in completion else completion
 
 
 class RunningMoments:
@@ -117,22 +111,16 @@ class NeuralReward:
         self._model = self._tok = self._reference = None  # loaded on first use (never pickled, see __getstate__)
 
     def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        from r1lab.models.backbone import Backbone
 
-        from r1lab.models.backbone import DTYPES
-        from r1lab.models.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(str(self.path))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        backbone = Backbone(name_or_path=str(self.path), dtype=self.dtype)
         device = _auto_device() if self.device == "auto" else torch.device(self.device)
-        auto = AutoModelForSequenceClassification if self.kind == "scalar" else AutoModelForCausalLM
-        model = auto.from_pretrained(str(self.path), dtype=DTYPES[self.dtype])
+        model = build_reward_model(backbone) if self.kind == "scalar" else backbone.build_model()
         self._model = model.to(device).eval().requires_grad_(False)
         if self.kind == "likelihood" and self.reference_path:
-            reference = AutoModelForCausalLM.from_pretrained(self.reference_path, dtype=DTYPES[self.dtype])
+            reference = Backbone(name_or_path=self.reference_path, dtype=self.dtype).build_model()
             self._reference = reference.to(device).eval().requires_grad_(False)
-        self._tok = Tokenized(tokenizer, self.template, self.max_prompt_tokens, self.max_response_tokens,
+        self._tok = Tokenized(backbone.tokenizer, self.template, self.max_prompt_tokens, self.max_response_tokens,
                               self.system_prompt)
 
     @torch.no_grad()

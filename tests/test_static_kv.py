@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from r1lab.data.collate import Tokenized, left_pad
+from r1lab.generation import sample, sequence_logprobs
+from r1lab.generation.decoders import HFDecoder, make_decoder
+from r1lab.generation.sampling import sample_categorical
+from r1lab.generation.static_kv import StaticCacheDecoder
 from r1lab.models import Backbone
-from r1lab.rl.fast_decode import StaticCacheDecoder
-from r1lab.rl.sampler import HFDecoder, _sample_categorical, make_decoder, sample, sequence_logprobs
 
 ARCH = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=256, tie_word_embeddings=True)
@@ -39,7 +41,7 @@ def _both(model, ids, mask, **kw):
     out = []
     for fast in (True, False):
         g = torch.Generator().manual_seed(7)
-        out.append(sample(model, ids, mask, generator=g, fast=fast, **kw))
+        out.append(sample(model, ids, mask, generator=g, decoder="auto" if fast else "hf", **kw))
     return out
 
 
@@ -47,11 +49,11 @@ def _both(model, ids, mask, **kw):
 def test_fast_path_applies_and_matches_the_generic_path(name):
     model, tokenizer = _model(name)
     assert StaticCacheDecoder.unsupported(model) is None
-    assert isinstance(make_decoder(model, 8), StaticCacheDecoder)
+    assert isinstance(make_decoder(model, 8)[0], StaticCacheDecoder)
     ids, mask = _prompts(tokenizer)
     kw = dict(max_new_tokens=24, pad_id=tokenizer.pad_token_id)
     # greedy, with an "EOS" that some rows emit early: finished rows must stay padded
-    probe = sample(model, ids, mask, eos_id=-1, greedy=True, fast=False, **kw)
+    probe = sample(model, ids, mask, eos_id=-1, greedy=True, decoder="hf", **kw)
     eos = int(probe.completion_ids[0, 3])
     for sampling in (dict(greedy=True), dict(temperature=0.7, top_p=0.9), dict(temperature=1.0)):
         fast, generic = _both(model, ids, mask, eos_id=eos, **kw, **sampling)
@@ -97,7 +99,7 @@ def test_unsupported_models_fall_back():
     model, tokenizer = _model("llama-gqa")
     handle = model.lm_head.register_forward_hook(lambda m, i, o: o)
     assert "hooks" in StaticCacheDecoder.unsupported(model)
-    assert isinstance(make_decoder(model, 8), HFDecoder)
+    assert isinstance(make_decoder(model, 8)[0], HFDecoder)
     handle.remove()
     assert StaticCacheDecoder.unsupported(model) is None
 
@@ -119,7 +121,7 @@ def test_unsupported_models_fall_back():
 def test_categorical_sampling_matches_the_probabilities():
     probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0])
     n = 100_000
-    draws = _sample_categorical(probs.expand(n, -1), torch.Generator().manual_seed(0))
+    draws = sample_categorical(probs.expand(n, -1), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=5).float() / n
     assert freq[1] == 0 and freq[4] == 0  # zero-probability tokens, also the last one, are never drawn
     assert torch.allclose(freq, probs, atol=0.01)  # ~6 standard errors

@@ -1,4 +1,4 @@
-"""A static-KV-cache decoder for Llama/Qwen2-family causal LMs, used by the rollout sampler.
+"""A static-KV-cache decoder for Llama/Qwen2-family causal LMs, used by the sampling loop.
 
 Why: for small models a decode step of the Hugging Face forward spends much of its time outside the
 matmuls: it rebuilds a 4D mask from the growing attention mask, grows the ``DynamicCache`` with
@@ -45,6 +45,8 @@ import sys
 
 import torch
 import torch.nn.functional as F
+
+from r1lab.tensors import positions_from_mask
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
@@ -93,7 +95,7 @@ class StaticCacheDecoder:
         self.prompt_len, self.length = prompt_len, prompt_len + self.max_new_tokens
         self.padding = torch.zeros(batch, self.length, dtype=torch.bool, device=device)  # slot is left padding
         self.padding[:, :prompt_len] = prompt_mask == 0
-        positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
+        positions = positions_from_mask(prompt_mask)  # (B, P) left padding shifts positions
         decode_positions = positions[:, -1:] + 1 + torch.arange(self.max_new_tokens, device=device)
         self.cos, self.sin = self.model.model.rotary_emb(self.model.model.embed_tokens.weight, decode_positions)
 
@@ -104,7 +106,7 @@ class StaticCacheDecoder:
         causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=device).tril()
         eye = torch.eye(prompt_len, dtype=torch.bool, device=device)
         blocked = ~((unique_real[:, None, None, :] & causal) | eye)  # (U, 1, P, P); padding sees itself
-        unique_positions = (unique_real.long().cumsum(-1) - 1).clamp(min=0)
+        unique_positions = positions_from_mask(unique_real)
         cos, sin = self.model.model.rotary_emb(self.model.model.embed_tokens.weight, unique_positions)
         self.cache, self.slot = [], 0
         logits = self._forward(unique_ids, cos, sin, blocked)  # fills self.cache with (U, kv, P, hd)
