@@ -74,8 +74,8 @@ rm-score: $(STAMP) ## stage: the reward model's score on held-out answers before
 	$(PIPE) --stage rm_score $(ARGS)
 
 ROUNDS ?= 2
-iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, RM retrain with 10% replay)
-	$(BIN)/python -m r1lab.rm.iterative --rounds $(ROUNDS) --grpo-args "trainer.max_steps=50" $(ARGS)
+iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, 10% replay, RM)
+	$(BIN)/python -m r1lab.pipeline --pipeline iterative --rounds $(ROUNDS) $(ARGS)
 
 distill: $(STAMP) ## stages: the teacher's samples, the distilled small student and the SFT baseline student
 	$(PIPE) --stage distill_data --stage distill --stage student_sft $(ARGS)

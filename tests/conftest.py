@@ -95,3 +95,29 @@ def pipeline_root(tmp_path_factory, tiny_backbone):
     reward_model.configure_model()
     reward_model.export_hf(root / "pipeline" / "tiny" / "rm" / "hf")
     return root
+
+
+def preference_pairs(n: int = 8) -> list[dict]:
+    """n preference pairs of the tiny world: each task's reference against one of its corruptions."""
+    from r1lab.data.tinyworld import TinyWorld
+    from r1lab.jobs.synthetic_pairs import synthetic_candidates
+
+    rng = __import__("random").Random(0)
+    records = TinyWorld(seed=3, sizes={"train": n, "val": 0, "test": 0}).load("train")
+    out = []
+    for i, record in enumerate(records):
+        candidates = synthetic_candidates(record, rng)  # the reference first, then its corruptions
+        _, rejected = candidates[1 + i % (len(candidates) - 1)]
+        out.append({"prompt": record["prompt"], "chosen": candidates[0][1], "rejected": rejected, "margin": 1.0})
+    return out
+
+
+@pytest.fixture
+def one_thread():
+    """Matrices this small gain nothing from a second thread; on a busy, shared CPU its spin-waits
+    made this 30-step loop ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

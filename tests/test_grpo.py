@@ -171,3 +171,20 @@ def test_grpo_under_ddp_with_two_cpu_processes(tmp_path):
     assert {"train/reward", "train/kl", "test/accuracy"} <= set(metrics)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4 and ckpt["grpo_rollouts_done"] == 4
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"temperature": 0.0}, "module.temperature: must be > 0"),
+    ({"top_p": 1.5}, r"module.top_p: must lie in \(0, 1\]"),
+    ({"kl_estimator": "k4", "beta": 0.0}, "module.kl_estimator: 'k4' is not one of k1, k2, k3"),
+    ({"aggregation": "mean"}, "module.aggregation: 'mean' is not one of"),
+    ({"advantage_scale": "rank"}, "module.advantage_scale: 'rank' is not one of group, batch, none"),
+    ({"beta": -1.0}, r"module.beta: must be a number in \[0.0, inf\]"),
+    ({"clip_low": 1.5}, r"module.clip_low: must be a number in \[0.0, 1.0\]"),
+    ({"group_size": 1}, r"module.group_size: must be an integer in \[2, inf\]"),
+    ({"micro_batch_size": 0}, "module.micro_batch_size"),
+    ({"max_grad_norm": 0.0}, r"module.max_grad_norm: must be a number in \(0.0, inf\]"),
+])
+def test_bad_settings_fail_when_the_module_is_built_naming_the_key(tiny_backbone, override, message):
+    with pytest.raises(ValueError, match=message):
+        _module(tiny_backbone, **override)
