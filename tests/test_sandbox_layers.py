@@ -17,10 +17,12 @@ import warnings
 import pytest
 
 from r1lab.rewards import code, sandbox
-from r1lab.rewards.sandbox import child
+from r1lab.rewards.sandbox.child import landlock, seccomp
 
 TESTS = [[[0], 1], [[1], 4], [[2], 7], [[5], 16]]
-ABI = child.landlock_abi()
+ABI = landlock.landlock_abi()
+# the folder that holds the child package, which a bare `python -I -S` imports as `child`
+SANDBOX_DIR = os.path.dirname(os.path.dirname(landlock.__file__))
 needs_landlock = pytest.mark.skipif(ABI < 1, reason=f"this kernel has no Landlock (ABI {ABI})")
 
 
@@ -31,15 +33,15 @@ def confined(layer: str, actions: dict[str, str], **params) -> dict[str, str]:
         """
         import json, os, socket, sys
         sys.path.insert(0, {folder!r})
-        import child
+        from child import landlock, libc, seccomp
         params = json.loads({params!r})
         layer = {layer!r}
-        child.set_no_new_privs()
+        libc.set_no_new_privs()
         if layer == "landlock":
-            rules = [(path, child.fs_rights(7) & ~child.FS_EXECUTE) for path in params["writable"]]
-            child.landlock_restrict_self(child.landlock_ruleset(rules, params["abi"]))
+            rules = [(path, landlock.fs_rights(7) & ~landlock.FS_EXECUTE) for path in params["writable"]]
+            landlock.landlock_restrict_self(landlock.landlock_ruleset(rules, params["abi"]))
         elif layer == "seccomp":
-            child.seccomp_install(child.SECCOMP_PROGRAM)
+            seccomp.seccomp_install(seccomp.SECCOMP_PROGRAM)
         results = {{}}
         for name, action in json.loads({actions!r}).items():
             try:
@@ -50,7 +52,7 @@ def confined(layer: str, actions: dict[str, str], **params) -> dict[str, str]:
         print(json.dumps(results))
         """
     ).format(
-        folder=os.path.dirname(child.__file__), params=json.dumps(params), layer=layer, actions=json.dumps(actions)
+        folder=SANDBOX_DIR, params=json.dumps(params), layer=layer, actions=json.dumps(actions)
     )
     out = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -75,7 +77,7 @@ def dirs():
 
 
 @needs_landlock
-@pytest.mark.parametrize("abi", sorted({1, 3, min(ABI, child.KNOWN_LANDLOCK_ABI)}))
+@pytest.mark.parametrize("abi", sorted({1, 3, min(ABI, landlock.KNOWN_LANDLOCK_ABI)}))
 def test_landlock_allows_only_the_allowed_folder(dirs, abi):
     if abi > ABI:
         pytest.skip(f"this kernel has Landlock ABI {ABI} < {abi}")
@@ -158,7 +160,7 @@ def test_landlock_scopes_signals_and_abstract_sockets_from_abi_6(dirs):
 # --- seccomp -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(child.SECCOMP_PROGRAM is None, reason=f"no syscall table for {platform.machine()}")
+@pytest.mark.skipif(seccomp.SECCOMP_PROGRAM is None, reason=f"no syscall table for {platform.machine()}")
 def test_seccomp_denies_what_landlock_does_not_cover(dirs, server):
     _, _, victim = dirs
     sleeper = subprocess.Popen(["sleep", "30"])
@@ -213,10 +215,10 @@ def run_bpf(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
 
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
 def test_seccomp_program_logic(machine):
-    arch = child.AUDIT_ARCH[machine]
-    table = child.DENIED_SYSCALLS[machine]
-    program = child.seccomp_program([(n, None, child.EPERM) for n in table.values()], machine)
-    eperm, allow, kill = 0x00050000 | child.EPERM, 0x7FFF0000, 0x80000000
+    arch = seccomp.AUDIT_ARCH[machine]
+    table = seccomp.DENIED_SYSCALLS[machine]
+    program = seccomp.seccomp_program([(n, None, seccomp.EPERM) for n in table.values()], machine)
+    eperm, allow, kill = 0x00050000 | seccomp.EPERM, 0x7FFF0000, 0x80000000
     for number in table.values():
         assert run_bpf(program, number, arch) == eperm
     for number in set(range(470)) - set(table.values()):
@@ -226,8 +228,8 @@ def test_seccomp_program_logic(machine):
         assert run_bpf(program, 0x40000000 | 41, arch) == kill  # x32 socket()
     # a rule on the first argument: prctl(PR_SET_SECCOMP, ...) only, and rules after it still apply
     rules = [(157, 22, 22), (41, None, 1)]
-    program = child.seccomp_program(rules, "x86_64")
-    x86 = child.AUDIT_ARCH["x86_64"]
+    program = seccomp.seccomp_program(rules, "x86_64")
+    x86 = seccomp.AUDIT_ARCH["x86_64"]
     assert run_bpf(program, 157, x86, arg0=22) == 0x00050000 | 22
     assert run_bpf(program, 157, x86, arg0=38) == allow
     assert run_bpf(program, 41, x86) == eperm
@@ -308,7 +310,7 @@ def test_a_worker_that_cannot_apply_a_layer_the_probe_saw_refuses_to_run(monkeyp
 def test_this_machine_gives_every_guarantee(fresh_sandbox):
     """On a kernel with Landlock and seccomp (Linux >= 5.13, as in CI) nothing may be missing,
     and from Landlock ABI 6 on no layer either, so there is no warning at all."""
-    if ABI < 1 or child.SECCOMP_PROGRAM is None:
+    if ABI < 1 or seccomp.SECCOMP_PROGRAM is None:
         pytest.skip(f"this kernel lacks Landlock (ABI {ABI}) or seccomp tables for {platform.machine()}")
     with warnings.catch_warnings():
         if ABI >= 6:

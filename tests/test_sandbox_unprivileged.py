@@ -21,10 +21,10 @@ import textwrap
 import pytest
 
 import r1lab
-from r1lab.rewards.sandbox import child
+from r1lab.rewards.sandbox.child import landlock
 
 UID = 65534
-ABI = child.landlock_abi()
+ABI = landlock.landlock_abi()
 pytestmark = pytest.mark.skipif(ABI < 1, reason=f"this kernel has no Landlock (ABI {ABI}); see docs/sandbox.md")
 
 # Becomes the unprivileged user (when root), then runs each scenario through the real reward.
@@ -79,15 +79,16 @@ HELPER = textwrap.dedent(
     if config.get("mask_kernel"):
         # A kernel without Landlock, seccomp filters or namespaces, as the sandbox will see it.
         sys.path.insert(0, config["child_dir"])
-        import child
+        import platform
+        from child import landlock, libc, seccomp
         ENOSYS, EINVAL, EPERM = 38, 22, 1
         nr = {"x86_64": {"prctl": 157, "seccomp": 317, "unshare": 272},
-              "aarch64": {"prctl": 167, "seccomp": 277, "unshare": 97}}[child.platform.machine()]
-        child.set_no_new_privs()
-        child.seccomp_install(child.seccomp_program([
-            (child.SYS_LANDLOCK_CREATE_RULESET, None, ENOSYS), (child.SYS_LANDLOCK_ADD_RULE, None, ENOSYS),
-            (child.SYS_LANDLOCK_RESTRICT_SELF, None, ENOSYS), (nr["seccomp"], None, ENOSYS),
-            (nr["prctl"], child.PR_SET_SECCOMP, EINVAL), (nr["unshare"], None, EPERM),
+              "aarch64": {"prctl": 167, "seccomp": 277, "unshare": 97}}[platform.machine()]
+        libc.set_no_new_privs()
+        seccomp.seccomp_install(seccomp.seccomp_program([
+            (landlock.SYS_LANDLOCK_CREATE_RULESET, None, ENOSYS), (landlock.SYS_LANDLOCK_ADD_RULE, None, ENOSYS),
+            (landlock.SYS_LANDLOCK_RESTRICT_SELF, None, ENOSYS), (nr["seccomp"], None, ENOSYS),
+            (nr["prctl"], libc.PR_SET_SECCOMP, EINVAL), (nr["unshare"], None, EPERM),
         ]))
 
     from r1lab.rewards import code, sandbox
@@ -194,7 +195,7 @@ ALLOWED = {
 def run_helper(home: str, config: dict) -> dict:
     here = os.path.dirname
     config = {
-        "uid": UID, "home": home, "tests": TESTS, "child_dir": here(child.__file__),
+        "uid": UID, "home": home, "tests": TESTS, "child_dir": here(here(landlock.__file__)),
         "paths": sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, here(here(r1lab.__file__)))}),
         **config,
     }  # fmt: skip

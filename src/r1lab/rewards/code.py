@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from r1lab.rewards.format import tag_blocks
 from r1lab.rewards.sandbox import ALLOW_UNSAFE_ENV, SandboxUnavailable, pool
-from r1lab.rewards.sandbox.child import KNOWN_LANDLOCK_ABI
+from r1lab.rewards.sandbox.child.landlock import KNOWN_LANDLOCK_ABI
 
 __all__ = [
     "ALLOW_UNSAFE_ENV",

@@ -1,7 +1,7 @@
 """The parent side of the code sandbox: a pool of zygotes, the kernel-guard check and its policy.
 
-A zygote (child.py) is a clean interpreter with the allowed modules loaded; it forks one worker
-per program, so starting a program costs a fork and a few syscalls instead of an interpreter
+A zygote (child/zygote.py) is a clean interpreter with the allowed modules loaded; it forks one
+worker per program, so starting a program costs a fork and a few syscalls instead of an interpreter
 (~8 ms instead of ~120 ms per program on a busy 2-core machine; docs/sandbox.md). The pool
 keeps up to `size` zygotes, one per usable CPU by default (R1LAB_SANDBOX_WORKERS overrides it),
 so that the threads RewardSet scores code on run their programs at the same time. Each thread
@@ -34,11 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1lab.rewards.sandbox import child
+from r1lab.rewards.sandbox.child.landlock import KNOWN_LANDLOCK_ABI, landlock_abi
 
 ALLOW_UNSAFE_ENV = "R1LAB_SANDBOX_ALLOW_UNSAFE"
 WORKERS_ENV = "R1LAB_SANDBOX_WORKERS"
-CHILD_SCRIPT = Path(child.__file__).resolve()
+# A zygote runs the child package's entry file in a bare interpreter; it finds its package itself.
+CHILD_SCRIPT = Path(__file__).resolve().parent / "child" / "__main__.py"
 REPLY_GRACE_S = 10.0  # the zygote enforces the timeout; this only catches a zygote that hangs
 
 log = logging.getLogger("r1lab.sandbox")
@@ -308,7 +309,7 @@ def probe(pool: Pool, probe_job: dict) -> Guards:
     layers = tuple(record.get("layers") or ())
     return Guards(
         layers=layers, weak=tuple(record.get("weak") or ()),
-        landlock_abi=min(child.landlock_abi(), int(probe_job.get("landlock_abi_max", child.KNOWN_LANDLOCK_ABI))),
+        landlock_abi=min(landlock_abi(), int(probe_job.get("landlock_abi_max", KNOWN_LANDLOCK_ABI))),
         missing=missing_guarantees(layers),
     )  # fmt: skip
 
