@@ -2,6 +2,9 @@
 
 Every reward is a pure function ``(prompt, completion, reference) -> float`` that never raises on
 any completion; RewardSet adds them up with weights. REWARDS maps the short names a config may use.
+The exception is the machine, not the completion: the code rewards ("code", and "accuracy" on a
+code task) raise SandboxUnavailable where the kernel cannot contain programs, unless
+R1LAB_SANDBOX_ALLOW_UNSAFE=1 is set (docs/sandbox.md).
 """
 
 from r1lab.rewards.accuracy import accuracy_reward, accuracy_reward_math, extract_answer

@@ -4,7 +4,10 @@ DeepSeek-R1 (arXiv 2501.12948, §2.2.2): "for math problems with deterministic r
 is required to provide the final answer in a specified format (e.g., within a box), enabling
 reliable rule-based verification of correctness"; for code, a compiler runs predefined tests.
 Numbers of the tiny world are compared exactly; real math answers go through `math_verify`.
-Every function takes any completion string and never raises.
+Every function takes any completion string and never raises because of it. One error comes from
+the machine instead: where the kernel cannot contain programs, code_reward, and so accuracy_reward
+on a "code" task, raises SandboxUnavailable unless R1LAB_SANDBOX_ALLOW_UNSAFE=1 is set
+(docs/sandbox.md), rather than score every program 0.0.
 """
 
 from __future__ import annotations
@@ -112,9 +115,10 @@ def math_verify_match(pred: str | None, ref: str) -> bool:
 def accuracy_reward(prompt: str, completion: str, reference: dict) -> float:
     """1.0 if the completion's final answer is right, else 0.0 (R1's accuracy reward).
 
-    task "code": the share of the reference's tests the program passes (see code.code_reward).
-    Otherwise ("arith", "math", default): exact numeric match, and when the reference is not a
-    plain number (a fraction, an expression) math-verify equivalence.
+    task "code": the share of the reference's tests the program passes (see code.code_reward);
+    raises SandboxUnavailable where the sandbox cannot contain programs and running them anyway
+    was not allowed. Otherwise ("arith", "math", default): exact numeric match, and when the
+    reference is not a plain number (a fraction, an expression) math-verify equivalence.
     """
     if reference.get("task") == "code":
         return code_reward(prompt, completion, reference)
