@@ -121,3 +121,21 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+
+class KillAt:
+    """A callback that kills its own process with SIGKILL once ``step`` optimizer steps are done (tests of
+    resuming: a real kill, at a known point between two checkpoints)."""
+
+    def __new__(cls, step: int):
+        import os
+        import signal
+
+        import lightning as L
+
+        class _Kill(L.Callback):
+            def on_train_batch_end(self, trainer, *args) -> None:
+                if trainer.global_step >= step:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        return _Kill()

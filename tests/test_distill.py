@@ -200,7 +200,7 @@ def test_distill_stage_runs_and_exports_only_the_student(make_cfg, tmp_path, tea
     assert written["train/kd"] == pytest.approx(metrics["train/kd"])
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     assert exported.config.hidden_size == 96  # backbone/tiny_small, not the teacher
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"] and all(k.startswith("policy.") for k in ckpt["state_dict"])
     assert "teacher" not in ckpt["hyper_parameters"]
     trained = ckpt["state_dict"]["policy.model.layers.0.mlp.up_proj.weight"]

@@ -169,7 +169,7 @@ def test_grpo_under_ddp_with_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"train/reward", "train/kl", "test/accuracy"} <= set(metrics)
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["grpo_rollouts_done"] == 4
 
 

@@ -53,7 +53,7 @@ def test_fast_run_writes_tensorboard_checkpoint_export_and_metrics(make_cfg, tmp
     assert 0.0 <= metrics["test/accuracy"] <= 1.0
     # the Hugging Face export loads with plain transformers and holds the trained weights
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     trained = ckpt["state_dict"]["policy.model.layers.0.mlp.up_proj.weight"]
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, trained)
     tok = load_tokenizer(str(tmp_path / "hf"))
@@ -66,8 +66,8 @@ def test_export_of_the_best_checkpoint_instead_of_the_final_weights(make_cfg, tm
     best = sorted((tmp_path / "checkpoints").glob("best-*.ckpt"))
     assert [p.name for p in best] == ["best-step000002.ckpt"]
     key = "policy.model.layers.0.mlp.up_proj.weight"
-    kept = torch.load(best[0], weights_only=False)["state_dict"][key]
-    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"][key]
+    kept = torch.load(best[0], weights_only=True)["state_dict"][key]
+    final = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"][key]
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").model.layers[0].mlp.up_proj.weight
     assert torch.equal(exported, kept) and not torch.equal(exported, final)
     assert "test/accuracy" in metrics  # the test ran on those restored weights
@@ -79,10 +79,10 @@ def test_resume_continues_where_the_run_stopped(make_cfg, tmp_path):
     first = make_cfg("stage=sft", *FAST, "test=false", "trainer.max_steps=4")
     run(first)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert torch.load(last, weights_only=True)["global_step"] == 4
     resumed = make_cfg("stage=sft", *FAST, "test=false", "trainer.max_steps=8", f"ckpt_path={last}")
     run(resumed)
-    ckpt = torch.load(last, weights_only=False)
+    ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] == 8
     # AdamW counted 8 updates: the optimizer state came back with the weights (a fresh start would say 4)
     steps = {float(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
@@ -138,7 +138,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test/accuracy" in metrics and "train/loss" in metrics
-    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     assert (tmp_path / "run" / "hf" / "model.safetensors").is_file()
 
 

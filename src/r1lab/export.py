@@ -27,7 +27,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None) -> Path:
     backbone = hydra.utils.instantiate(cfg.backbone)
     module = hydra.utils.instantiate(cfg.module, backbone=backbone)
     module.configure_model()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state, strict=False)
     return module.export_hf(Path(out) if out else run_dir / f"hf-{ckpt.stem}")
 

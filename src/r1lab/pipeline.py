@@ -5,8 +5,9 @@ A pipeline (``conf/pipeline/<name>.yaml``) is a list of stages; each stage is a 
 pipeline's Hydra overrides (``overrides``) and then the stage's own (``args``). Every stage writes
 ``outputs/pipeline/<name>/<stage>/`` and the next one reads its export by name. A stage whose folder
 holds ``metrics.json`` (written last by ``r1lab.train``) is finished and skipped unless forced (a forced
-stage's old folder is moved aside, never deleted); a failing stage stops the pipeline with its name
-and log, and earlier outputs stay as they were. At the end the results table and plots are written
+stage's old folder is moved aside, never deleted); a stage that was interrupted (killed, or failed)
+resumes in place, from its last checkpoint; a failing stage stops the pipeline with its name and
+log, and earlier outputs stay as they were. At the end the results table and plots are written
 (``r1lab.report``).
 
 Pipeline files may build on each other and repeat stages:
@@ -149,14 +150,30 @@ def _command(stage: Stage, pipeline: Pipeline, root: Path, folder: Path, extra: 
             f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
 
 
-def run_stage(stage: Stage, pipeline: Pipeline, root: Path, force: bool = False, extra: list[str] | None = None) -> str:
-    """Run one stage unless it is finished; returns "skipped" or "done"."""
+def run_stage(stage: Stage, pipeline: Pipeline, root: Path, force: bool = False, extra: list[str] | None = None,
+              fresh: bool = False) -> str:
+    """Run one stage unless it is finished; returns "skipped", "done" or "resumed".
+
+    A stage folder without its marker is an interrupted run: it resumes in place, from
+    ``checkpoints/last.ckpt`` when it has one (jobs resume from their own files), unless ``fresh``
+    asks to start it over. A finished stage is redone only when ``force``d; its old folder is moved
+    aside, never deleted.
+    """
     folder = root / stage.name
     marker = stage.marker(folder)
+    extra = list(extra or [])
     if marker.exists() and not force:
         print(f"[pipeline] {stage.name}: finished ({marker}), skipped (--force to redo)", flush=True)
         return "skipped"
-    if folder.exists():  # a finished run being redone, or the remains of an interrupted one
+    resumed = False
+    if folder.exists() and not marker.exists() and not fresh:
+        last = folder / "checkpoints" / "last.ckpt"
+        if last.is_file() and stage.run is None:
+            extra.append(f"ckpt_path={last}")
+        print(f"[pipeline] {stage.name}: interrupted earlier, resuming in {folder}"
+              + (f" from {last}" if last.is_file() else ""), flush=True)
+        resumed = True
+    elif folder.exists():  # a finished run being redone, or an interrupted one started over
         kind = "old" if marker.exists() else "incomplete"
         aside = folder.with_name(f"{folder.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
         folder.rename(aside)
@@ -165,7 +182,7 @@ def run_stage(stage: Stage, pipeline: Pipeline, root: Path, force: bool = False,
     cmd = _command(stage, pipeline, root, folder, list(extra or []))
     print(f"[pipeline] {stage.name}: {stage.about}\n[pipeline]   $ {shlex.join(cmd)}", flush=True)
     start = time.time()
-    with open(folder / "stage.log", "w") as log:
+    with open(folder / "stage.log", "a" if resumed else "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.time() - start
     if proc.returncode != 0 or not marker.exists():
@@ -177,7 +194,7 @@ def run_stage(stage: Stage, pipeline: Pipeline, root: Path, force: bool = False,
         )
     (folder / "stage.json").write_text(json.dumps({"stage": stage.name, "seconds": seconds, "command": cmd}, indent=2))
     print(f"[pipeline] {stage.name}: done in {seconds:.0f}s", flush=True)
-    return "done"
+    return "resumed" if resumed else "done"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", action="append", help="run only this stage (repeatable)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of a repeated pipeline (iterative RL)")
     parser.add_argument("--force", action="store_true", help="redo stages that are finished")
+    parser.add_argument("--fresh", action="store_true", help="start interrupted stages over instead of resuming them")
     parser.add_argument("--root", default="outputs", help="outputs root (pipeline folders go under <root>/pipeline)")
     parser.add_argument("--no-report", action="store_true", help="skip the results table and plots")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every stage")
@@ -202,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     selected = [s for s in pipeline.stages if not args.stage or s.name in args.stage]
     try:
         for stage in selected:
-            run_stage(stage, pipeline, root, force=args.force or bool(args.stage), extra=args.overrides)
+            run_stage(stage, pipeline, root, force=args.force or bool(args.stage), extra=args.overrides,
+                      fresh=args.fresh)
     except StageFailed as e:
         print(f"[pipeline] {e}", file=sys.stderr, flush=True)
         return 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -45,7 +46,9 @@ def build(cfg: DictConfig, key: str, **kwargs):
     except Exception as e:  # re-raised with the key; the original stays chained
         cause = e.__cause__ if e.__cause__ is not None and type(e).__name__ == "InstantiationException" else e
         message = str(cause)
-        raise ConfigError(message if message.startswith(f"{key}.") else f"{key}: {message}") from e
+        named = message.split(":", 1)[0]
+        names_a_key = "." in named and " " not in named and named.split(".")[0] in cfg
+        raise ConfigError(message if names_a_key else f"{key}: {message}") from e
 
 
 def _flat(cfg: DictConfig) -> dict:
@@ -65,10 +68,29 @@ def _flat(cfg: DictConfig) -> dict:
     return {k: v for k, v in out.items() if not k.startswith(("hydra", "paths", "callbacks"))}
 
 
+def checkpoint_step(path: str) -> int:
+    """The global step of a Lightning checkpoint, read without loading its tensors; a missing,
+    truncated or foreign file fails naming ``ckpt_path``."""
+    import zipfile
+
+    import torch
+
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {path}")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"ckpt_path: {path} is not a complete checkpoint (truncated, or not written by torch.save)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same user error
+        raise ConfigError(f"ckpt_path: {path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise ConfigError(f"ckpt_path: {path} is not a Lightning checkpoint (no global_step)")
+    return int(checkpoint["global_step"])
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test one stage as configured; returns the final metrics."""
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {cfg.ckpt_path}")
+    resume_step = checkpoint_step(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("job") is not None:
@@ -84,7 +106,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = [build(cfg, f"callbacks.{name}") for name in (cfg.get("callbacks") or {})
                  if cfg.callbacks[name] is not None]
-    loggers = [build(cfg, f"logger.{name}") for name in (cfg.get("logger") or {}) if cfg.logger[name] is not None]
+    loggers = []
+    for name in cfg.get("logger") or {}:
+        if cfg.logger[name] is not None:
+            # a resumed run drops the TensorBoard events its killed predecessor logged after the checkpoint
+            purge = {"purge_step": resume_step} if resume_step is not None and "TensorBoard" in str(
+                cfg.logger[name].get("_target_")) else {}
+            loggers.append(build(cfg, f"logger.{name}", **purge))
     log.info(f"Trainer <{cfg.trainer._target_}>")
     trainer = build(cfg, "trainer", callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
@@ -128,10 +156,39 @@ def write_metrics(cfg: DictConfig, metrics: dict[str, float]) -> None:
     log.info(f"Metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
 
 
+# Errors a user can fix from the message alone: one line at the end, the traceback in the run's log.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except USER_ERRORS as error:
+        if not is_user_error(error):
+            raise
+        files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+        record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s: %s", (type(error).__name__, error),
+                                sys.exc_info())
+        for handler in files:  # the traceback goes to the run's train.log only
+            handler.handle(record)
+        where = f" (traceback in {files[0].baseFilename})" if files else ""
+        print(f"error: {error}{where}", file=sys.stderr, flush=True)
+        sys.exit(1)
     return metrics.get(cfg.get("optimized_metric"))
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Errors of the project's own checks (a config value, a data file, a checkpoint, a job, a
+    non-finite loss), as opposed to a failure inside a library, which keeps its traceback."""
+    from r1lab.data.sources import DataError
+    from r1lab.jobs.durable import JobError
+    from r1lab.modules.guards import NonFiniteError
+
+    return isinstance(error, ConfigError | DataError | JobError | NonFiniteError) or (
+        isinstance(error, ValueError | FileNotFoundError) and type(error).__module__.startswith("r1lab")) or (
+        any(str(error).startswith(prefix) for prefix in ("module.", "data.", "job.", "backbone.", "rollout.",
+                                                          "reward.", "ckpt_path", "trainer.")))
 
 
 if __name__ == "__main__":

@@ -27,16 +27,25 @@ class Tokenized:
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, cut: bool = True) -> list[int]:
         text = render_prompt(prompt, self.template, self.tokenizer, self.system_prompt)
         ids = self.tokenizer(text, add_special_tokens=self.template != "chat").input_ids if text else []
         if self.tokenizer.bos_token_id is not None and not ids:
             ids = [self.tokenizer.bos_token_id]
-        return ids[-self.max_prompt_tokens:]  # keep the end: it holds the question and "Assistant:"
+        return ids[-self.max_prompt_tokens:] if cut else ids  # keep the end: it holds the question and "Assistant:"
 
-    def response_ids(self, response: str) -> list[int]:
+    def response_ids(self, response: str, cut: bool = True) -> list[int]:
         ids = self.tokenizer(response, add_special_tokens=False).input_ids + [self.eos]
-        return ids[: self.max_response_tokens]
+        return ids[: self.max_response_tokens] if cut else ids
+
+    def cut_counts(self, records: list[dict], response_fields: tuple[str, ...]) -> dict[str, int]:
+        """How many records' prompts (and each response field) exceed the token limits and are cut."""
+        counts = {"prompt": sum(len(self.prompt_ids(r["prompt"], cut=False)) > self.max_prompt_tokens
+                                for r in records if "prompt" in r)}
+        for name in response_fields:
+            counts[name] = sum(len(self.response_ids(str(r[name]), cut=False)) > self.max_response_tokens
+                               for r in records if r.get(name) is not None)
+        return counts
 
 
 def _right_pad(rows: list[list[int]], value: int) -> torch.Tensor:

@@ -15,10 +15,12 @@ so every stage is evaluated the same way (generation + answer checking).
 from __future__ import annotations
 
 import lightning as L
-import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from r1lab.checks import check_number
 from r1lab.data.collate import Collator, Tokenized
+from r1lab.data.resumable import ResumableLoader
 from r1lab.data.sources import REQUIRED
 from r1lab.data.templates import TEMPLATES
 
@@ -58,8 +60,12 @@ class R1DataModule(L.LightningDataModule):
             raise ValueError(f"data.mode: unknown mode {mode!r} (use one of {MODES})")
         if template not in TEMPLATES:
             raise ValueError(f"data.template: unknown template {template!r} (use one of {TEMPLATES})")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                                ("max_prompt_tokens", max_prompt_tokens, 1),
+                                ("max_response_tokens", max_response_tokens, 1), ("num_workers", num_workers, 0)):
+            check_number(f"data.{key}", value, low, integer=True)
+        for key, value in (("train_limit", train_limit), ("val_limit", val_limit), ("test_limit", test_limit)):
+            check_number(f"data.{key}", value, 0, integer=True, allow_none=True)
         self.source = source
         self.mode, self.template, self.system_prompt = mode, template, system_prompt
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -68,6 +74,7 @@ class R1DataModule(L.LightningDataModule):
         self.num_workers, self.seed = num_workers, seed
         self.tokenizer = None
         self.splits: dict[str, list[dict]] = {}
+        self.cuts: dict[str, dict[str, int]] = {}  # per split: records cut to the token limits
 
     def connect(self, tokenizer) -> None:
         """Tell the DataModule the tokenizer of the backbone being trained."""
@@ -92,6 +99,7 @@ class R1DataModule(L.LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
         for split in wanted:
             self.load_split(split)
+            self.report_cuts(split)
         if stage == "fit" and not self.splits["train"]:
             raise ValueError(f"data: the train split of {self.source.describe()} is empty")
         world = self.trainer.world_size if self.trainer is not None else 1
@@ -101,25 +109,39 @@ class R1DataModule(L.LightningDataModule):
                 f"data.batch_size={self.batch_size} on {world} device(s)"
             )
 
+    def report_cuts(self, split: str) -> dict[str, int]:
+        """Warn once per split about records longer than the token limits: a prompt loses its start, a
+        response its end (and its EOS), silently otherwise."""
+        if split in self.cuts:
+            return self.cuts[split]
+        fields = {"sft": ("response",), "distill": ("response",), "preference": ("chosen", "rejected")}
+        records = self.splits[split]
+        counts = self._tokenized().cut_counts(records, fields.get(self.mode, ()) if split == "train" else ())
+        self.cuts[split] = counts
+        for name, n in counts.items():
+            if n:
+                limit = "max_prompt_tokens" if name == "prompt" else "max_response_tokens"
+                where = "start is" if name == "prompt" else "end is"
+                rank_zero_warn(f"data: {n} of {len(records)} {split} records have a {name} longer than "
+                               f"data.{limit}={getattr(self, limit)} tokens; its {where} cut")
+        return counts
+
     def _tokenized(self) -> Tokenized:
         return Tokenized(self.tokenizer, self.template, self.max_prompt_tokens, self.max_response_tokens,
                          self.system_prompt)
 
-    def _loader(self, split: str, collator: Collator, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.load_split(split),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
-            collate_fn=collator,
-            num_workers=self.num_workers,
-            generator=generator,
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader(self, split: str, collator: Collator, batch_size: int) -> DataLoader:
+        return DataLoader(self.load_split(split), batch_size=batch_size, shuffle=False, collate_fn=collator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", Collator(self._tokenized(), self.mode), self.batch_size, shuffle=True)
+        """Shuffled whole batches, resumable mid-epoch (``ResumableLoader``): this rank's share of each
+        global batch under data parallelism."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        collator = Collator(self._tokenized(), self.mode)
+        return ResumableLoader(self.load_split("train"), self.batch_size, self.seed, collator, self.num_workers,
+                               rank, world)
 
     def _eval_collator(self) -> Collator:
         if self.mode == "preference":
@@ -127,7 +149,7 @@ class R1DataModule(L.LightningDataModule):
         return Collator(self._tokenized(), self.mode, with_prompts=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self._eval_collator(), self.eval_batch_size, shuffle=False)
+        return self._loader("val", self._eval_collator(), self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self._eval_collator(), self.eval_batch_size, shuffle=False)
+        return self._loader("test", self._eval_collator(), self.eval_batch_size)
