@@ -114,8 +114,8 @@ def test_a_stage_samples_through_a_registered_engine(tiny_backbone, tokenizer):
                       rollout={"engine": "echo"}, beta=0.0)
         module.configure_model()
         batch = _prompts(tokenizer, ["What is 3 + 4?", "Hi"])
-        roll = module.rollout({"prompt_ids": batch[0], "prompt_mask": batch[1],
-                               "records": [{"prompt": "What is 3 + 4?", "answer": "7"}, {"prompt": "Hi", "answer": "1"}]})
+        records = [{"prompt": "What is 3 + 4?", "answer": "7"}, {"prompt": "Hi", "answer": "1"}]
+        roll = module.rollout({"prompt_ids": batch[0], "prompt_mask": batch[1], "records": records})
         assert roll["texts"] == ["echo"] * 4 and (roll["old_logp"] == -1.0).all()
         assert calls == {"generate": 1, "sync": 1} and module.engine.name == "echo"
     finally:

@@ -255,13 +255,13 @@ def test_reward_set_from_hydra_config_and_registry():
 @pytest.mark.parametrize(
     ("functions", "weights", "message"),
     [
-        ({"foo": "no_such_reward"}, {}, "reward.functions.foo: unknown reward"),
-        ({"foo": "r1lab.rewards.nowhere.fn"}, {}, "reward.functions.foo: cannot import"),
-        ({"foo": "r1lab.rewards.format.nothing"}, {}, "reward.functions.foo: cannot import"),
-        ({"foo": "r1lab.rewards.code.ALL_OR_NOTHING"}, {}, "reward.functions.foo: .* is not callable"),
-        ({"foo": 3}, {}, "reward.functions.foo: expected"),
-        ({"foo": "format"}, {"bar": 1.0}, "reward.weights.bar"),
-        ({"foo": "format"}, {"foo": "heavy"}, "reward.weights.foo: not a number"),
+        ({"foo": "no_such_reward"}, {}, "module.rewards.functions.foo: unknown reward"),
+        ({"foo": "r1lab.rewards.nowhere.fn"}, {}, "module.rewards.functions.foo: cannot import"),
+        ({"foo": "r1lab.rewards.format.nothing"}, {}, "module.rewards.functions.foo: cannot import"),
+        ({"foo": "r1lab.rewards.code.ALL_OR_NOTHING"}, {}, "module.rewards.functions.foo: .* is not callable"),
+        ({"foo": 3}, {}, "module.rewards.functions.foo: expected"),
+        ({"foo": "format"}, {"bar": 1.0}, "module.rewards.weights.bar"),
+        ({"foo": "format"}, {"foo": "heavy"}, "module.rewards.weights.foo: not a number"),
         ({}, {}, "at least one"),
     ],
 )

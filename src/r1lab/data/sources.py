@@ -69,8 +69,13 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                    f"{e.start + 1}); JSONL files are UTF-8") from None
                 if not line.strip():
                     continue
                 try:
@@ -85,7 +90,11 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
         import datasets
 
         kind = {".json": "json", ".parquet": "parquet", ".csv": "csv"}[suffix]
-        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # noqa: BLE001 - pyarrow, json and csv readers raise many kinds
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{path}: cannot be read as {kind} ({first})") from None
         return [(f"{path} row {i}", row) for i, row in enumerate(ds)]
     raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .parquet or .csv)")
 

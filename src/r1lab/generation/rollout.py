@@ -63,8 +63,7 @@ def check_sampling(max_new_tokens, temperature, top_p, key: str = "sampling",
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ValueError(f"{name}: must be a finite number, got {value!r}")
     if not temperature > 0:
-        raise ValueError(f"{t_key}: must be > 0, got {temperature} (for greedy decoding use a greedy setting, "
-                         "not temperature 0)")
+        raise ValueError(f"{t_key}: must be > 0, got {temperature} (the logits are divided by it)")
     if not 0 < top_p <= 1:
         raise ValueError(f"{p_key}: must lie in (0, 1], got {top_p}")
 

@@ -6,6 +6,7 @@ created in ``configure_model`` so that sharded strategies (FSDP, DeepSpeed) can 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -18,13 +19,23 @@ from r1lab.evaluation import METRICS, EvalConfig, evaluate_batch, examples_markd
 from r1lab.generation import RolloutConfig, RolloutEngine, make_engine, mix_seed
 from r1lab.models.backbone import Backbone
 from r1lab.models.tokenizer import save_tokenizer
+from r1lab.modules.guards import (
+    FiniteSteps,
+    NonFiniteError,
+    check_finite_parameters,
+    check_nonfinite_mode,
+    check_optimizer,
+)
 
 
-def export_hf(model: torch.nn.Module, tokenizer, path: str | Path, trainer=None) -> Path:
+def export_hf(model: torch.nn.Module, tokenizer, path: str | Path, trainer=None, extra=None) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face folder; under DDP/FSDP every rank calls this.
 
     The full (unsharded) state dict is gathered to rank zero, which alone writes, so the export of a
     sharded FSDP run loads like any other. (DeepSpeed ZeRO-3 needs its own gather: use ZeRO-2 or FSDP.)
+    Weights with NaN or inf are refused (``NonFiniteError``). The folder is written next to ``path``
+    and then renamed into place, so a kill while exporting leaves the previous export (or none), never
+    half of one; ``extra(folder)`` may add files before the rename.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -34,12 +45,31 @@ def export_hf(model: torch.nn.Module, tokenizer, path: str | Path, trainer=None)
     if distributed:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if trainer is None or trainer.is_global_zero:
-        path.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
-        save_tokenizer(tokenizer, path)
+        check_finite_parameters(model, f"export to {path}")
+        if state is not None and not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+            raise NonFiniteError(f"export to {path}: the gathered weights hold non-finite values; nothing was written")
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        model.save_pretrained(str(partial), state_dict=state, safe_serialization=True)
+        save_tokenizer(tokenizer, partial)
+        if extra is not None:
+            extra(partial)
+        replace_folder(partial, path)
     if trainer is not None:
         trainer.strategy.barrier("r1lab-export-hf")
     return path
+
+
+def replace_folder(new: Path, path: Path) -> None:
+    """Put the folder ``new`` at ``path``; an old ``path`` is moved away first and removed after, so
+    ``path`` is at every moment the old folder, absent, or the new one."""
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    new.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _metric_key(name: str) -> str:
@@ -60,7 +90,7 @@ def log_epoch_metrics(module: L.LightningModule, split: str, names, key=lambda n
     return logged
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(FiniteSteps, L.LightningModule):
     """Base of the policy stages.
 
     Hyperparameters (saved in every checkpoint) are the plain-data init arguments: the objects in
@@ -73,14 +103,17 @@ class PolicyModule(L.LightningModule):
         scheduler: a partial schedule taking ``optimizer`` and ``total_steps``, or None.
         evaluation: ``EvalConfig`` fields (generation settings of validation and test).
         rollout: the ``rollout`` config (which engine samples: ``r1lab.generation.RolloutConfig``).
+        nonfinite: ``stop`` or ``skip`` a step whose loss or gradient norm is not finite (``guards``).
     """
 
     not_hparams: tuple[str, ...] = ("backbone", "optimizer", "scheduler")
 
     def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, evaluation: dict | None = None,
-                 rollout: dict | None = None) -> None:
+                 rollout: dict | None = None, nonfinite: str = "stop") -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.not_hparams), logger=False)
+        self.nonfinite = check_nonfinite_mode(nonfinite)
+        check_optimizer(optimizer, scheduler)
         self.backbone = backbone
         self.tokenizer = backbone.tokenizer
         self.optimizer_factory = optimizer

@@ -118,8 +118,9 @@ class Distillation(PolicyModule):
         top_p: float = 1.0,
         seed: int = 0,
         rollout: dict | None = None,
+        nonfinite: str = "stop",
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if loss not in KD_KINDS:
             raise ValueError(f"module.loss: {loss!r} is not one of {KD_KINDS}")
         if not 0.0 <= alpha <= 1.0:
@@ -250,7 +251,7 @@ class Distillation(PolicyModule):
             return self.on_policy == 1.0
         return random.Random(mix_seed(self.seed, stream=self.global_step)).random() < self.on_policy
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         extra = {}
         on_policy = self.step_is_on_policy()
         if on_policy:
@@ -260,6 +261,10 @@ class Distillation(PolicyModule):
             extra["train/on_policy"] = torch.tensor(float(on_policy))
         loss, metrics = self.distill_loss(batch["input_ids"], batch["attention_mask"], batch["labels"],
                                           alpha=0.0 if on_policy else None)  # own samples: no references
+        finite = self.finite_or_skip("train/loss", loss)
+        self.log_skipped()
+        if not finite:
+            return None  # no backward, no optimiser step
         self.log_dict({"train/loss": loss.detach(), "train/ce": metrics["ce"], "train/kd": metrics["kd"],
                        "train/tokens": metrics["tokens"], **extra}, prog_bar=True, sync_dist=True)
         return loss

@@ -81,8 +81,9 @@ class GRPO(PolicyModule):
         log_completions_every: int = 50,
         seed: int = 0,
         rollout: dict | None = None,
+        nonfinite: str = "stop",
     ) -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if rewards is None:
             raise ValueError("module.rewards: GRPO needs at least one reward function")
         check_number("module.group_size", group_size, 2, integer=True)  # G >= 2: a group needs a spread
@@ -116,10 +117,15 @@ class GRPO(PolicyModule):
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["grpo_rollouts_done"] = self.rollouts_done
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.rollouts_done = checkpoint.get("grpo_rollouts_done", 0)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Manual optimisation checks its gradients in ``policy_update`` before stepping."""
 
     # -- the three phases of a step ------------------------------------------------------------
     @torch.no_grad()
@@ -169,6 +175,7 @@ class GRPO(PolicyModule):
                 num_sequences = self._global(torch.tensor(float(len(mini)), device=self.device))
                 num_tokens = self._global(mask.sum()).clamp(min=1)
                 micro_size = self.micro_batch_size or len(mini)
+                finite = True
                 for micro in mini.split(micro_size):
                     logp, entropy = sequence_logprobs(
                         self.policy, roll["prompt_ids"][micro], roll["prompt_mask"][micro],
@@ -182,6 +189,9 @@ class GRPO(PolicyModule):
                         clip_high=self.clip_high, aggregation=self.aggregation, num_sequences=num_sequences,
                         num_tokens=num_tokens, max_len=self.max_new_tokens,
                     )
+                    if not finite or not self.finite_or_skip("train/loss", loss):
+                        finite = False  # no backward of a NaN: this optimiser step is skipped
+                        continue
                     # DDP averages gradients over ranks; the normalisers already cover all ranks.
                     self.manual_backward(loss * world)
                     metrics["entropy"] = masked_mean(entropy, roll["completion_mask"][micro].float())
@@ -189,13 +199,15 @@ class GRPO(PolicyModule):
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
-                if self.max_grad_norm:
+                if not finite or not self.finite_or_skip("the gradient norm", self.gradient_norm()):
+                    self.drop_gradients()  # the optimiser leaves every weight as it is
+                elif self.max_grad_norm:
                     self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if sched is not None:
                     sched.step()
-        return {k: torch.tensor(v / count) for k, v in sums.items()}
+        return {k: torch.tensor(v / max(count, 1)) for k, v in sums.items()}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         t0 = time.perf_counter()
@@ -229,6 +241,8 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
+        if self.nonfinite == "skip":
+            log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
         self.log("train/rollout", float(self.rollouts_done), prog_bar=True)
         if self.log_completions_every and (self.rollouts_done - 1) % self.log_completions_every == 0:

@@ -24,6 +24,7 @@ from torchmetrics.aggregation import MaxMetric, MeanMetric, MinMetric
 from r1lab.data.collate import IGNORE
 from r1lab.models.backbone import DTYPES, Backbone
 from r1lab.modules.base import PolicyModule, export_hf, log_epoch_metrics
+from r1lab.modules.guards import FiniteSteps, check_nonfinite_mode, check_optimizer
 from r1lab.rm.losses import bradley_terry_loss
 from r1lab.rm.model import (
     KINDS,
@@ -44,7 +45,7 @@ def _pad_to(ids: torch.Tensor, width: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=value)
 
 
-class RewardModel(L.LightningModule):
+class RewardModel(FiniteSteps, L.LightningModule):
     """Args:
         backbone: the ``Backbone`` whose architecture (and, from a path, weights) the model takes.
         optimizer: a partial optimizer (``_partial_: true``), completed with the parameters here.
@@ -57,12 +58,16 @@ class RewardModel(L.LightningModule):
             is subtracted (DPO's implicit reward); ignored by the scalar kind.
         evaluation: the policy stages' evaluation settings; only ``num_text_samples`` applies here
             (held-out pairs logged as text with their rewards); pair accuracy needs no generation.
+        nonfinite: ``stop`` or ``skip`` a step whose loss or gradient norm is not finite.
     """
 
     def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, center_coef: float = 0.0,
                  use_margin: bool = False, evaluation: dict | None = None, kind: str = "scalar",
-                 beta: float = 1.0, reduction: str = "sum", reference: str | None = None) -> None:
+                 beta: float = 1.0, reduction: str = "sum", reference: str | None = None,
+                 nonfinite: str = "stop") -> None:
         super().__init__()
+        self.nonfinite = check_nonfinite_mode(nonfinite)
+        check_optimizer(optimizer, scheduler)
         if kind not in KINDS:
             raise ValueError(f"module.kind: {kind!r} is not one of {KINDS}")
         if reduction not in REDUCTIONS:
@@ -152,8 +157,12 @@ class RewardModel(L.LightningModule):
         margin = batch["margin"].to(r_chosen) if self.use_margin else None
         return bradley_terry_loss(r_chosen, r_rejected, margin=margin, center_coef=self.center_coef)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss, metrics = self._loss(batch)
+        finite = self.finite_or_skip("train/loss", loss)
+        self.log_skipped()
+        if not finite:
+            return None  # no backward, no optimiser step
         log = {"train/loss": loss.detach()} | {f"train/{k}": v for k, v in metrics.items()
                                                if k in ("accuracy", "margin", "reward_mean")}
         self.log_dict(log, prog_bar=True, sync_dist=True, batch_size=batch["margin"].shape[0])
@@ -206,7 +215,6 @@ class RewardModel(L.LightningModule):
         reduction and the reference for the likelihood kind) and how it tokenizes (template, system
         prompt, token limits)."""
         trainer = self.trainer if self._trainer is not None else None
-        path = export_hf(self.model, self.tokenizer, path, trainer)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         settings = {"kind": self.kind}
         if self.kind == "likelihood":
@@ -214,6 +222,8 @@ class RewardModel(L.LightningModule):
         settings |= {key: getattr(datamodule, key) for key in
                      ("template", "system_prompt", "max_prompt_tokens", "max_response_tokens")
                      if hasattr(datamodule, key)}  # without a datamodule, NeuralReward's defaults apply
-        if trainer is None or trainer.is_global_zero:
-            (Path(path) / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-        return path
+
+        def write_settings(folder: Path) -> None:  # inside the export before it gets its name
+            (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+
+        return export_hf(self.model, self.tokenizer, path, trainer, extra=write_settings)

@@ -34,8 +34,8 @@ class ColdStartSFT(PolicyModule):
     """
 
     def __init__(self, backbone, optimizer=None, scheduler=None, evaluation=None, loss_on: str = "response",
-                 rollout: dict | None = None) -> None:
-        super().__init__(backbone, optimizer, scheduler, evaluation, rollout)
+                 rollout: dict | None = None, nonfinite: str = "stop") -> None:
+        super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if loss_on not in ("response", "all"):
             raise ValueError(f"module.loss_on: {loss_on!r} is not 'response' or 'all'")
         self.loss_on = loss_on
@@ -45,9 +45,13 @@ class ColdStartSFT(PolicyModule):
             return batch["labels"]
         return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         logits = self.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, n_tokens = response_cross_entropy(logits, self._labels(batch))
+        finite = self.finite_or_skip("train/loss", loss)
+        self.log_skipped()
+        if not finite:
+            return None  # no backward, no optimiser step
         self.log_dict({"train/loss": loss, "train/tokens": n_tokens.float()}, prog_bar=True, sync_dist=True)
         return loss
 

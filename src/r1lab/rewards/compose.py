@@ -26,10 +26,10 @@ class RewardFunction:
     weight: float = 1.0
 
 
-def resolve_reward(spec: str | RewardFn, key: str = "reward.functions.?") -> RewardFn:
+def resolve_reward(spec: str | RewardFn, key: str = "module.rewards.functions.?") -> RewardFn:
     """A reward function from a short name in REWARDS, a dotted import path, or a callable.
 
-    `key` names the config entry in error messages ("reward.functions.foo: ...").
+    `key` names the config entry in error messages ("module.rewards.functions.foo: ...").
     """
     from r1lab.rewards import REWARDS  # the registry imports this module, so look it up late
 
@@ -72,15 +72,15 @@ class RewardSet:
         weights = dict(weights or {})
         for key in weights:
             if key not in functions:
-                raise ValueError(f"reward.weights.{key}: no reward function of that name")
+                raise ValueError(f"module.rewards.weights.{key}: no reward function of that name")
         self.functions = [
             RewardFunction(
-                str(key), resolve_reward(spec, f"reward.functions.{key}"), self._weight(key, weights)
+                str(key), resolve_reward(spec, f"module.rewards.functions.{key}"), self._weight(key, weights)
             )
             for key, spec in functions.items()
         ]
         if not self.functions:
-            raise ValueError("reward.functions: at least one reward function is needed")
+            raise ValueError("module.rewards.functions: at least one reward function is needed")
         self.max_workers = max_workers
 
     @staticmethod
@@ -88,7 +88,7 @@ class RewardSet:
         try:
             return float(weights.get(key, 1.0))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"reward.weights.{key}: not a number ({weights[key]!r})") from error
+            raise ValueError(f"module.rewards.weights.{key}: not a number ({weights[key]!r})") from error
 
     def score(
         self, prompts: list[str], completions: list[str], references: list[dict]
@@ -116,6 +116,12 @@ class RewardSet:
         for f in batched:
             per_function[f.name] = torch.as_tensor(
                 f.fn.score_batch(prompts, completions, references)).detach().float().cpu().reshape(n)
+        for name, values in per_function.items():
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            if bad:  # a NaN reward would become a NaN advantage, loss and update
+                i = bad[0]
+                raise ValueError(f"module.rewards.functions.{name}: returned {values[i].item()} for completion {i} "
+                                 f"of the batch (prompt {prompts[i][:80]!r}); a reward must be a finite number")
         total = torch.zeros(n, dtype=torch.float32)  # (N,)
         for f in self.functions:
             total += f.weight * per_function[f.name]

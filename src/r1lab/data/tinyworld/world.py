@@ -15,6 +15,7 @@ from r1lab.data.templates import R1_ZERO_TEMPLATE
 from r1lab.data.tinyworld.arithmetic import generate_arithmetic_task, short_response
 
 SPLITS = ("train", "val", "test")
+FAMILIES = ("arith", "code")
 SOLUTIONS = ("full", "short")
 
 
@@ -86,6 +87,17 @@ class TinyWorld:
             raise ValueError(f"data.source.sizes: unknown split(s) {sorted(unknown)} (use {SPLITS})")
         if not self.families or any(w < 0 for w in self.families.values()):
             raise ValueError("data.source.families: needs at least one family with a weight >= 0")
+        for split, n in self.sizes.items():
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise ValueError(f"data.source.sizes.{split}: must be an integer >= 0, got {n!r}")
+        unknown_families = set(self.families) - set(FAMILIES)
+        if unknown_families:
+            raise ValueError(f"data.source.families: unknown task family {sorted(unknown_families)} "
+                             f"(known: {', '.join(FAMILIES)})")
+        if isinstance(max_operand, bool) or not isinstance(max_operand, int) or max_operand < 1:
+            raise ValueError(f"data.source.max_operand: must be an integer >= 1, got {max_operand!r}")
+        if not 0.0 <= zh_fraction <= 1.0:
+            raise ValueError(f"data.source.zh_fraction: must lie in [0, 1], got {zh_fraction}")
         self.difficulty = (int(difficulty[0]), int(difficulty[1]))
         if not 1 <= self.difficulty[0] <= self.difficulty[1]:
             raise ValueError(f"data.source.difficulty: need 1 <= min <= max, got {list(difficulty)}")
