@@ -233,3 +233,17 @@ def test_bad_preference_files_name_file_and_line(tmp_path, tokenizer, row, messa
 def test_missing_preference_file_says_how_to_make_one(tmp_path):
     with pytest.raises(DataError, match="stage=preferences"):
         PreferenceFile(str(tmp_path / "none.jsonl")).load("train", ("prompt",))
+
+
+def test_the_preference_stage_takes_prompts_from_the_train_split_only(make_cfg, pipeline_root):
+    """The pairs' prompts are the data config's train prompts: none of the held-out prompts every stage
+    is scored on reaches the reward model."""
+    from r1lab.train import build
+
+    cfg = make_cfg("stage=preferences", f"paths.output_root={pipeline_root}", data=[])
+    job = build(cfg, "job")
+    prompts = {r["prompt"] for r in job.records()}
+    world = build(cfg, "data").source
+    held_out = {r["prompt"] for split in ("val", "test") for r in world.load(split)}
+    assert len(prompts) == 4000 and not prompts & held_out
+    assert prompts == {r["prompt"] for r in world.load("train")}
