@@ -16,6 +16,7 @@ import inspect
 
 import torch
 
+from r1lab.generation.adapters import unwrap
 from r1lab.generation.decoders import cache_keyword, returned_cache
 from r1lab.generation.static_kv import SUPPORTED
 from r1lab.tensors import positions_from_mask, token_logprobs
@@ -183,6 +184,7 @@ def sequence_logprobs(
     chunks (``_LinearLogprob``: no (B, T, V) logits in memory); others go through the logits
     (``_LogprobEntropy``).
     """
+    model = unwrap(model)  # a LoRA model runs its adapters from inside (and keeps the fused head)
     if _head_split(model):
         hidden = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, hidden=True)
         logp, entropy = _LinearLogprob.apply(hidden.flatten(0, 1), model.lm_head.weight, completion_ids.flatten(),

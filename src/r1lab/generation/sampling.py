@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from r1lab.generation.adapters import unwrap
 from r1lab.generation.decoders import make_decoder
 from r1lab.generation.rollout import Rollout
 from r1lab.tensors import token_logprobs
@@ -60,7 +61,7 @@ def sample(
     the engine (``r1lab.generation.engines``) puts it in eval mode around this call.
     """
     batch = prompt_ids.shape[0]
-    runner, description = make_decoder(model, max_new_tokens, decoder)
+    runner, description = make_decoder(unwrap(model), max_new_tokens, decoder)
     logits = runner.prefill(prompt_ids, prompt_mask)
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     tokens, logps, masks = [], [], []

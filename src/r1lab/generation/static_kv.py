@@ -36,7 +36,8 @@ reason the sampler falls back to the generic Hugging Face path: the model must b
 ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (pre-norm attention + MLP with RoPE; other classes, PEFT
 or ``torch.compile`` wrappers fall back), with unwrapped, unsharded layers (no FSDP/DeepSpeed), no
 forward hooks, no sliding-window layers, a position-independent RoPE variant (not ``dynamic`` or
-``longrope``), and no attention dropout in training mode.
+``longrope``), and no attention dropout in training mode. LoRA layers (peft) are fused with their
+adapters' deltas (``r1lab.generation.adapters``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from r1lab.generation.adapters import effective_bias, effective_weight, is_linear
 from r1lab.tensors import positions_from_mask
 
 SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM")
@@ -76,7 +78,10 @@ class StaticCacheDecoder:
         for layer in model.model.layers:
             if type(layer).__module__ != type(model).__module__:
                 return f"decoder layer is wrapped ({type(layer).__name__})"
-            attn = layer.self_attn
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+            if not all(is_linear(m) for m in linears):
+                return "a projection is neither a Linear layer nor a LoRA layer around one"
             for proj, heads in ((attn.q_proj, config.num_attention_heads), (attn.k_proj, config.num_key_value_heads)):
                 if type(proj.weight) is not torch.nn.Parameter or proj.weight.shape != (
                         heads * attn.head_dim, config.hidden_size):
@@ -183,21 +188,24 @@ class StaticCacheDecoder:
             return torch.cat([-t[:, half:], t[:, :half]], dim=1).reshape(n * hd, *t.shape[2:])
 
         packed = []
+        w, b = effective_weight, effective_bias  # a LoRA layer's weight includes its adapters' deltas
         for layer in self.model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
-            w_qkv = torch.cat([q.weight, k.weight, v.weight, rot(q.weight, self.heads), rot(k.weight, self.kv_heads)])
+            q, k, v = (w(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+            w_qkv = torch.cat([q, k, v, rot(q, self.heads), rot(k, self.kv_heads)])
             b_qkv = None
-            if any(m.bias is not None for m in (q, k, v)):
-                zeros = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in (q, k, v)]
+            biases = [b(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+            if any(x is not None for x in biases):
+                zeros = [x if x is not None else m.new_zeros(m.shape[0]) for x, m in zip(biases, (q, k, v))]
                 b_qkv = torch.cat([*zeros, rot(zeros[0], self.heads), rot(zeros[1], self.kv_heads)])
-            gate, up = mlp.gate_proj, mlp.up_proj
+            gate, up = w(mlp.gate_proj), w(mlp.up_proj)
             b_gu = None
-            if gate.bias is not None or up.bias is not None:
-                b_gu = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                  for m in (gate, up)])
-            packed.append((w_qkv, b_qkv, attn.o_proj.weight.t(), attn.o_proj.bias,
-                           torch.cat([gate.weight, up.weight]), b_gu, mlp.down_proj.weight.t(), mlp.down_proj.bias))
+            gate_b, up_b = b(mlp.gate_proj), b(mlp.up_proj)
+            if gate_b is not None or up_b is not None:
+                b_gu = torch.cat([x if x is not None else m.new_zeros(m.shape[0])
+                                  for x, m in ((gate_b, gate), (up_b, up))])
+            packed.append((w_qkv, b_qkv, w(attn.o_proj).t(), b(attn.o_proj), torch.cat([gate, up]), b_gu,
+                           w(mlp.down_proj).t(), b(mlp.down_proj)))
         return packed
 
     def _forward(self, ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
