@@ -29,7 +29,7 @@ def test_bench_runs_the_r1lab_worker_and_writes_its_figures(tmp_path, capsys):
     out = tmp_path / "grpo.json"
     grpo_bench.main(["--no-trl", "--template", "chat", "--steps", "2", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert list(result) == ["chat"]
+    assert list(result) == ["backbone", "chat"] and result["backbone"] == "tiny"
     run, = result["chat"]["r1lab"]
     w = result["chat"]["workload"]
     assert w["template"] == "chat" and w["steps"] == 2 and w["group_size"] == 8
@@ -39,6 +39,11 @@ def test_bench_runs_the_r1lab_worker_and_writes_its_figures(tmp_path, capsys):
     assert 0 < run["tokens_per_s"] * run["step_s"] <= rows * w["max_new_tokens"] + 1e-6
     assert set(run["bare_s"]) == {"decode", "policy_fwd_bwd", "reference_fwd"}
     assert run["overhead_vs_bare"] == pytest.approx(run["step_s"] / sum(run["bare_s"].values()))
+    # MFU = 6 x parameters x trained tokens / the training pass's time / the measured matmul throughput
+    assert run["parameters"] == 848_896 and run["matmul_gflops"] > 0
+    expected = 6 * run["parameters"] * run["trained_tokens"] / run["bare_s"]["policy_fwd_bwd"] / 1e9
+    assert run["training_pass_mfu"] == pytest.approx(expected / run["matmul_gflops"])
+    assert rows * 11 < run["trained_tokens"]  # at least the prompts once and one token per completion
     printed = capsys.readouterr().out
     assert "[chat] the grpo stage's prompts" in printed and "s/step" in printed
 
@@ -46,3 +51,15 @@ def test_bench_runs_the_r1lab_worker_and_writes_its_figures(tmp_path, capsys):
 def test_bench_rejects_a_run_without_measured_steps():
     with pytest.raises(SystemExit):
         grpo_bench.main(["--steps", "1"])
+
+
+def test_the_memory_worker_measures_both_training_passes(tmp_path):
+    from r1lab.bench.grpo_workers import _tiny_export, run_memory
+
+    model = str(_tiny_export(tmp_path / "tiny"))
+    w = {**grpo_bench.WORKLOAD, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "template": "chat",
+         "threads": 1}
+    fused, plain = run_memory(model, w, "fused"), run_memory(model, w, "plain")
+    assert fused["shape"] == plain["shape"] == [4, 8] and fused["vocab"] == 479
+    assert fused["pass_peak_mb"] >= 0 and plain["pass_peak_mb"] >= 0 and fused["pass_s"] > 0
+

@@ -1,4 +1,4 @@
-"""GRPO step benchmark on the tiny model: ``python -m r1lab.bench.grpo_bench`` (``make bench-grpo``).
+"""GRPO step benchmark: ``python -m r1lab.bench.grpo_bench`` (``make bench-grpo``).
 
 A fixed workload (below), on each of two prompt sets (``TEMPLATES``: the long R1-Zero prompts of the
 r1_zero stage and the short chat prompts of the grpo stage), runs in its own process through r1lab's
@@ -8,9 +8,17 @@ gradient checkpointing (TRL turns it on by default; r1lab does not use it). Each
 seconds per step (median after a warm-up step), sampled tokens per second, peak resident memory and,
 for r1lab, the share of the step spent in the rollout (decode and reference forward); r1lab's step is
 also compared with the bare model work it contains (a cached decode of the same length, one policy
-forward+backward and one reference forward over the same sequences). Each framework runs
-``--repeats`` times per prompt set (default 3), alternating which goes first (the machine's speed
-drifts); the speed-up printed is the median of the paired ratios.
+forward+backward and one reference forward over the same sequences), and the training pass's model
+FLOPs utilisation (6 × parameters × trained tokens / its time, against the float32 matrix-product
+throughput measured in the same worker). Each framework runs ``--repeats`` times per prompt set,
+alternating which goes first (the machine's speed drifts); the speed-up printed is the median of the
+paired ratios.
+
+``--backbone`` picks the model: ``tiny`` (the tiny pipeline's 0.85M-parameter Llama, seeded random
+weights; per-op overhead dominates) or ``smollm2_135m`` (SmolLM2-135M-Instruct from the ``real``
+extra's GGUF, a 49,152-token vocabulary; arithmetic dominates), or any Hugging Face folder. With a
+real model the benchmark also measures the peak memory of one training pass: r1lab's fused log-prob
+pass against a plain forward over the full (B, T, V) logits, each in its own process.
 
 ``--threads N`` sets both workers' thread count (default: the workload's 2). On a machine shared with
 other jobs, pin the whole run to free cores and match the threads to them, e.g.
@@ -24,13 +32,13 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from r1lab.bench.grpo_workers import _tiny_export, run_memory, run_r1lab, run_trl
 
 WORKLOAD = {
     "prompts_per_step": 8,
@@ -44,6 +52,11 @@ WORKLOAD = {
     "template": "r1_zero",
 }
 
+# The real model's workload: the step the issue of fitting SmolLM2 on a CPU is about (8 prompts x G 8 x
+# up to 128 tokens); two timed steps after a warm-up, one run each by default (a step takes minutes).
+REAL_WORKLOAD = {**WORKLOAD, "max_new_tokens": 128, "steps": 3}
+BACKBONES = ("tiny", "smollm2_135m")
+
 # The two prompt sets the workload runs on, the two GRPO stages of the tiny pipeline.
 TEMPLATES = {
     "r1_zero": "the r1_zero stage's prompts: the paper's R1-Zero template, 92-102 tokens",
@@ -51,156 +64,10 @@ TEMPLATES = {
 }
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _tiny_export(path: Path) -> Path:
-    """The tiny backbone with its seeded random weights, saved as a Hugging Face folder."""
-    from r1lab.models import Backbone
-    from r1lab.modules.base import export_hf
-
-    backbone = Backbone(tiny=dict(family="llama", vocab_size=512, hidden_size=128, num_hidden_layers=4,
-                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
-                                  max_position_embeddings=512, tie_word_embeddings=True))
-    return export_hf(backbone.build_model(), backbone.tokenizer, path)
-
-
-def _prompts(tokenizer, n: int) -> list[dict]:
-    from r1lab.data.tinyworld import TinyWorld
-
-    return TinyWorld(sizes={"train": n, "val": 0, "test": 0}).load("train")
-
-
-def run_r1lab(model_dir: str, w: dict) -> dict:
-    import lightning as L
-    import torch
-
-    from r1lab.data import R1DataModule
-    from r1lab.data.tinyworld import TinyWorld
-    from r1lab.generation import sample, sequence_logprobs
-    from r1lab.generation.static_kv import StaticCacheDecoder
-    from r1lab.models import Backbone
-    from r1lab.modules.grpo import GRPO
-    from r1lab.rewards import RewardSet
-
-    torch.set_num_threads(w["threads"])
-    backbone = Backbone(name_or_path=model_dir, dtype="float32")
-    n_prompts = w["prompts_per_step"] * w["steps"]
-    dm = R1DataModule(TinyWorld(sizes={"train": n_prompts, "val": 0, "test": 0}), mode="rl", template=w["template"],
-                      system_prompt="", batch_size=w["prompts_per_step"])
-    dm.connect(backbone.tokenizer)
-    module = GRPO(backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=w["lr"]),
-                  rewards=RewardSet(functions={"accuracy": "accuracy", "format": "format"}),
-                  group_size=w["group_size"], max_new_tokens=w["max_new_tokens"], beta=w["beta"],
-                  kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0})
-    times, samples, tokens = [], [], []
-
-    class Clock(L.Callback):
-        def on_train_batch_start(self, *args):
-            self.t = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, *args):
-            times.append(time.perf_counter() - self.t)
-            metrics = trainer.callback_metrics
-            samples.append(float(metrics["train/sample_share"]))
-            tokens.append(float(metrics["train/completion_length"]) * w["prompts_per_step"] * w["group_size"])
-
-    trainer = L.Trainer(accelerator="cpu", max_steps=w["steps"], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[Clock()])
-    trainer.fit(module, datamodule=dm)
-    step = statistics.median(times[1:])
-
-    # The bare model work inside one step, on the same shapes (median of 3 timings each).
-    batch = next(iter(dm.train_dataloader()))
-    ids = batch["prompt_ids"].repeat_interleave(w["group_size"], 0)
-    mask = batch["prompt_mask"].repeat_interleave(w["group_size"], 0)
-    policy, tok = module.policy, backbone.tokenizer
-
-    def timed(fn):
-        runs = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            out = fn()
-            runs.append(time.perf_counter() - t0)
-        return statistics.median(runs), out
-
-    decode_s, roll = timed(lambda: sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
-                                          pad_id=tok.pad_token_id))
-    fwd_bwd_s, _ = timed(lambda: sequence_logprobs(policy, ids, mask, roll.completion_ids,
-                                                   roll.completion_mask).sum().backward())
-    with torch.no_grad():
-        ref_s, _ = timed(lambda: sequence_logprobs(module.reference, ids, mask, roll.completion_ids,
-                                                   roll.completion_mask))
-    bare = decode_s + fwd_bwd_s + ref_s
-    fallback = StaticCacheDecoder.unsupported(policy)
-    return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
-            "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
-            "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
-            "bare_model_work_s": bare, "overhead_vs_bare": step / bare,
-            "bare_s": {"decode": decode_s, "policy_fwd_bwd": fwd_bwd_s, "reference_fwd": ref_s}}
-
-
-def run_trl(model_dir: str, w: dict) -> dict:
-    import datasets
-    import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from r1lab.data.templates import render_prompt
-    from r1lab.models.tokenizer import load_tokenizer
-    from r1lab.rewards import accuracy_reward, format_reward_strict
-
-    torch.set_num_threads(w["threads"])
-    tok = load_tokenizer(model_dir)
-    tok.padding_side = "left"
-    records = _prompts(tok, w["prompts_per_step"] * w["steps"])
-    data = datasets.Dataset.from_list([{"prompt": render_prompt(r["prompt"], w["template"], tok, ""),
-                                        "answer": r["answer"]} for r in records])
-
-    def accuracy(completions, answer, **kw):
-        return [accuracy_reward("", c, {"answer": a}) for c, a in zip(completions, answer)]
-
-    def fmt(completions, **kw):
-        return [format_reward_strict("", c, {}) for c in completions]
-
-    times, tokens = [], []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *args, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *args, **kw):
-            times.append(time.perf_counter() - self.t)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "completions/mean_length" in logs:
-                tokens.append(logs["completions/mean_length"] * w["prompts_per_step"] * w["group_size"])
-
-    with tempfile.TemporaryDirectory() as out:
-        cfg = GRPOConfig(
-            output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
-            per_device_train_batch_size=w["prompts_per_step"] * w["group_size"], num_generations=w["group_size"],
-            gradient_accumulation_steps=1, max_completion_length=w["max_new_tokens"], beta=w["beta"],
-            learning_rate=w["lr"], max_steps=w["steps"], temperature=1.0, loss_type="grpo", num_iterations=1,
-            seed=0, dataloader_num_workers=0,
-            gradient_checkpointing=False,  # TRL's default (True) recomputes the forward in backward; r1lab does not
-        )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, fmt], args=cfg, train_dataset=data,
-                              processing_class=tok, callbacks=[Clock()])
-        trainer.train()
-    step = statistics.median(times[1:])
-    per_step_tokens = statistics.median(tokens[1:]) if len(tokens) > 1 else float("nan")
-    return {"framework": "trl", "step_s": step, "tokens_per_s": per_step_tokens / step, "peak_mb": _peak_mb()}
-
-
 def _worker(kind: str, model_dir: str, w: dict) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(w["threads"]), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "r1lab.bench.grpo_bench", "--worker", kind, "--model", model_dir,
-                           "--threads", str(w["threads"]), "--template", w["template"], "--steps", str(w["steps"])],
-                          env=env, capture_output=True, text=True)
+                           "--workload", json.dumps(w)], env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} worker failed:\n{proc.stderr[-3000:]}")
@@ -234,6 +101,8 @@ def _report(name: str, res: dict) -> None:
           f"peak {med('r1lab', 'peak_mb'):.0f} MB, sampling {100 * med('r1lab', 'sample_share'):.0f}% of the step; "
           f"step / bare model work = {med('r1lab', 'overhead_vs_bare'):.2f}; decoder: {r['decoder']}")
     print("         bare model work (last run): " + ", ".join(f"{k} {v:.3f} s" for k, v in r["bare_s"].items()))
+    print(f"         training pass: {r['trained_tokens']} tokens x {r['parameters'] / 1e6:.1f}M parameters, "
+          f"MFU {100 * r['training_pass_mfu']:.0f}% of the measured {r['matmul_gflops']:.0f} GFLOP/s")
     if "trl" in res:
         print(f"  trl:   {med('trl', 'step_s'):.3f} s/step, {med('trl', 'tokens_per_s'):.0f} sampled tokens/s, "
               f"peak {med('trl', 'peak_mb'):.0f} MB")
@@ -241,10 +110,39 @@ def _report(name: str, res: dict) -> None:
         print(f"  r1lab is {res['median_speedup_vs_trl']:.2f}x faster per step than TRL (median; runs: {ratios})")
 
 
+def model_folder(backbone: str, tmp: Path) -> str:
+    """The benchmarked model as a Hugging Face folder."""
+    if backbone == "tiny":
+        return str(_tiny_export(tmp / "tiny"))
+    if backbone == "smollm2_135m":
+        from r1lab.models.gguf import convert_gguf
+
+        return str(convert_gguf("smollm2-135m-instruct"))
+    if not (Path(backbone) / "config.json").is_file():
+        raise SystemExit(f"--backbone: {backbone} is neither {' nor '.join(BACKBONES)} nor a model folder")
+    return backbone
+
+
+def memory(model_dir: str, w: dict) -> dict:
+    """Peak memory of one training pass, fused and plain, each in a fresh process."""
+    out = {mode: _worker(f"memory-{mode}", model_dir, w) for mode in ("fused", "plain")}
+    print(f"  training pass over {out['fused']['shape']} completion tokens, vocabulary {out['fused']['vocab']}: "
+          f"peak {out['fused']['pass_peak_mb']:.0f} MB fused ({out['fused']['pass_s']:.1f} s) against "
+          f"{out['plain']['pass_peak_mb']:.0f} MB with full logits ({out['plain']['pass_s']:.1f} s)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=["r1lab", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["r1lab", "trl", "memory-fused", "memory-plain"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--backbone", default="tiny",
+                        help=f"{' | '.join(BACKBONES)} | a Hugging Face folder (default tiny)")
+    parser.add_argument("--prompts-per-step", type=int, default=None, help="prompts per step (default 8)")
+    parser.add_argument("--group-size", type=int, default=None, help="G, completions per prompt (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="completion length limit (default 64; 128 on a real model)")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo.json"))
     parser.add_argument("--threads", type=int, default=WORKLOAD["threads"],
@@ -252,30 +150,43 @@ def main(argv: list[str] | None = None) -> dict:
                              "on a shared machine pin the run, e.g. taskset -c 1 ... --threads 1")
     parser.add_argument("--template", nargs="+", choices=list(TEMPLATES), default=list(TEMPLATES),
                         help="the workloads' prompts: " + "; ".join(f"{k}: {v}" for k, v in TEMPLATES.items()))
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each framework per workload (default 3)")
-    parser.add_argument("--steps", type=int, default=WORKLOAD["steps"],
-                        help=f"GRPO steps per run, the first a warm-up (default {WORKLOAD['steps']})")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs of each framework per workload (default 3; 1 on a real model)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"GRPO steps per run, the first a warm-up (default {WORKLOAD['steps']}; "
+                             f"{REAL_WORKLOAD['steps']} on a real model)")
     args = parser.parse_args(argv)
-    if args.steps < 2 or args.repeats < 1:
-        parser.error("--steps must be >= 2 (the first is a warm-up) and --repeats >= 1")
-    base = {**WORKLOAD, "threads": args.threads, "steps": args.steps}
     if args.worker:
-        workload = {**base, "template": args.template[0]}
-        result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, workload)
+        w = json.loads(args.workload)
+        if args.worker.startswith("memory-"):
+            result = run_memory(args.model, w, args.worker.split("-", 1)[1])
+        else:
+            result = (run_r1lab if args.worker == "r1lab" else run_trl)(args.model, w)
         print(json.dumps(result))
         return result
+    real = args.backbone != "tiny"
+    base = {**(REAL_WORKLOAD if real else WORKLOAD), "threads": args.threads}
+    for key, value in (("steps", args.steps), ("prompts_per_step", args.prompts_per_step),
+                       ("group_size", args.group_size), ("max_new_tokens", args.max_new_tokens)):
+        if value is not None:
+            base[key] = value
+    repeats = args.repeats if args.repeats is not None else (1 if real else 3)
+    if base["steps"] < 2 or repeats < 1:
+        parser.error("--steps must be >= 2 (the first is a warm-up) and --repeats >= 1")
 
     have_trl = not args.no_trl and importlib.util.find_spec("trl") is not None
     if not have_trl and not args.no_trl:
         print("trl is not installed (pip install -e '.[bench]'): no comparison")
-    print("workload: " + ", ".join(f"{k}={v}" for k, v in base.items() if k != "template") +
-          f"; {args.repeats} run(s) of each framework per template", flush=True)
-    results = {}
+    print(f"backbone {args.backbone}; workload: " + ", ".join(f"{k}={v}" for k, v in base.items() if k != "template")
+          + f"; {repeats} run(s) of each framework per template", flush=True)
+    results = {"backbone": args.backbone}
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = str(_tiny_export(Path(tmp) / "tiny"))
+        model_dir = model_folder(args.backbone, Path(tmp))
         for name in args.template:
-            results[name] = compare(model_dir, {**base, "template": name}, args.repeats, have_trl)
+            results[name] = compare(model_dir, {**base, "template": name}, repeats, have_trl)
             _report(name, results[name])
+        if real:
+            results["memory"] = memory(model_dir, {**base, "template": args.template[0]})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return results

@@ -1,0 +1,224 @@
+"""The two workers of the GRPO benchmark (``r1lab.bench.grpo_bench``): one GRPO workload through r1lab's
+module and through TRL's ``GRPOTrainer``, each in its own process, and a third that measures the peak
+memory of one training pass (r1lab's fused log-prob pass against a plain forward over full logits).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(threads: int, size: int = 1536, repeats: int = 5) -> float:
+    """The machine's float32 matrix-product throughput on ``threads`` threads (best of ``repeats``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _tiny_export(path: Path) -> Path:
+    """The tiny backbone with its seeded random weights, saved as a Hugging Face folder."""
+    from r1lab.models import Backbone
+    from r1lab.modules.base import export_hf
+
+    backbone = Backbone(tiny=dict(family="llama", vocab_size=512, hidden_size=128, num_hidden_layers=4,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
+                                  max_position_embeddings=512, tie_word_embeddings=True))
+    return export_hf(backbone.build_model(), backbone.tokenizer, path)
+
+
+def _prompts(tokenizer, n: int) -> list[dict]:
+    from r1lab.data.tinyworld import TinyWorld
+
+    return TinyWorld(sizes={"train": n, "val": 0, "test": 0}).load("train")
+
+
+def run_r1lab(model_dir: str, w: dict) -> dict:
+    import lightning as L
+    import torch
+
+    from r1lab.data import R1DataModule
+    from r1lab.data.tinyworld import TinyWorld
+    from r1lab.generation import sample, sequence_logprobs
+    from r1lab.generation.static_kv import StaticCacheDecoder
+    from r1lab.models import Backbone
+    from r1lab.modules.grpo import GRPO
+    from r1lab.rewards import RewardSet
+
+    torch.set_num_threads(w["threads"])
+    backbone = Backbone(name_or_path=model_dir, dtype="float32")
+    n_prompts = w["prompts_per_step"] * w["steps"]
+    dm = R1DataModule(TinyWorld(sizes={"train": n_prompts, "val": 0, "test": 0}), mode="rl", template=w["template"],
+                      system_prompt="", batch_size=w["prompts_per_step"], max_response_tokens=w["max_new_tokens"])
+    dm.connect(backbone.tokenizer)
+    module = GRPO(backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=w["lr"]),
+                  rewards=RewardSet(functions={"accuracy": "accuracy", "format": "format"}),
+                  group_size=w["group_size"], max_new_tokens=w["max_new_tokens"], beta=w["beta"],
+                  kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0})
+    times, samples, tokens = [], [], []
+
+    class Clock(L.Callback):
+        def on_train_batch_start(self, *args):
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args):
+            times.append(time.perf_counter() - self.t)
+            metrics = trainer.callback_metrics
+            samples.append(float(metrics["train/sample_share"]))
+            tokens.append(float(metrics["train/completion_length"]) * w["prompts_per_step"] * w["group_size"])
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=w["steps"], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[Clock()])
+    trainer.fit(module, datamodule=dm)
+    step = statistics.median(times[1:])
+
+    # The bare model work inside one step, on the same shapes (median of 3 timings each).
+    batch = next(iter(dm.train_dataloader()))
+    ids = batch["prompt_ids"].repeat_interleave(w["group_size"], 0)
+    mask = batch["prompt_mask"].repeat_interleave(w["group_size"], 0)
+    policy, tok = module.policy, backbone.tokenizer
+
+    def timed(fn):
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = fn()
+            runs.append(time.perf_counter() - t0)
+        return statistics.median(runs), out
+
+    decode_s, roll = timed(lambda: sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
+                                          pad_id=tok.pad_token_id))
+    fwd_bwd_s, _ = timed(lambda: sequence_logprobs(policy, ids, mask, roll.completion_ids,
+                                                   roll.completion_mask).sum().backward())
+    with torch.no_grad():
+        ref_s, _ = timed(lambda: sequence_logprobs(module.reference, ids, mask, roll.completion_ids,
+                                                   roll.completion_mask))
+    bare = decode_s + fwd_bwd_s + ref_s
+    fallback = StaticCacheDecoder.unsupported(policy)
+    # Model FLOPs of the training pass: 6 x parameters x the tokens it runs (each distinct prompt once,
+    # with the shared-prompt forward, and every completion token up to its EOS).
+    params = sum(p.numel() for p in policy.parameters())
+    prompt_tokens = int(batch["prompt_mask"].sum())
+    trained = prompt_tokens + int(roll.completion_mask.sum())
+    peak = matmul_gflops(w["threads"])
+    mfu = 6 * params * trained / fwd_bwd_s / 1e9 / peak
+    return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
+            "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
+            "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
+            "bare_model_work_s": bare, "overhead_vs_bare": step / bare, "parameters": params,
+            "trained_tokens": trained, "matmul_gflops": peak, "training_pass_mfu": mfu,
+            "bare_s": {"decode": decode_s, "policy_fwd_bwd": fwd_bwd_s, "reference_fwd": ref_s}}
+
+
+def run_trl(model_dir: str, w: dict) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1lab.data.templates import render_prompt
+    from r1lab.models.tokenizer import load_tokenizer
+    from r1lab.rewards import accuracy_reward, format_reward_strict
+
+    torch.set_num_threads(w["threads"])
+    tok = load_tokenizer(model_dir)
+    tok.padding_side = "left"
+    records = _prompts(tok, w["prompts_per_step"] * w["steps"])
+    data = datasets.Dataset.from_list([{"prompt": render_prompt(r["prompt"], w["template"], tok, ""),
+                                        "answer": r["answer"]} for r in records])
+
+    def accuracy(completions, answer, **kw):
+        return [accuracy_reward("", c, {"answer": a}) for c, a in zip(completions, answer)]
+
+    def fmt(completions, **kw):
+        return [format_reward_strict("", c, {}) for c in completions]
+
+    times, tokens = [], []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *args, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *args, **kw):
+            times.append(time.perf_counter() - self.t)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                tokens.append(logs["completions/mean_length"] * w["prompts_per_step"] * w["group_size"])
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+            per_device_train_batch_size=w["prompts_per_step"] * w["group_size"], num_generations=w["group_size"],
+            gradient_accumulation_steps=1, max_completion_length=w["max_new_tokens"], beta=w["beta"],
+            learning_rate=w["lr"], max_steps=w["steps"], temperature=1.0, loss_type="grpo", num_iterations=1,
+            seed=0, dataloader_num_workers=0,
+            gradient_checkpointing=False,  # TRL's default (True) recomputes the forward in backward; r1lab does not
+        )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, fmt], args=cfg, train_dataset=data,
+                              processing_class=tok, callbacks=[Clock()])
+        trainer.train()
+    step = statistics.median(times[1:])
+    per_step_tokens = statistics.median(tokens[1:]) if len(tokens) > 1 else float("nan")
+    return {"framework": "trl", "step_s": step, "tokens_per_s": per_step_tokens / step, "peak_mb": _peak_mb()}
+
+
+def run_memory(model_dir: str, w: dict, mode: str) -> dict:
+    """Peak memory of one training pass (forward and backward) over a GRPO step's sequences: ``fused``
+    is r1lab's ``sequence_logprobs`` (the output layer and the log-softmax in row chunks), ``plain`` one
+    forward that returns the full (B, T, V) logits and a log-softmax over them. Run each in its own
+    process: the figure is the process's peak resident memory minus what it held before the pass."""
+    import torch
+
+    from r1lab.data.collate import Tokenized, left_pad
+    from r1lab.generation import sample, sequence_logprobs
+    from r1lab.models import Backbone
+    from r1lab.tensors import positions_from_mask, token_logprobs
+
+    torch.set_num_threads(w["threads"])
+    backbone = Backbone(name_or_path=model_dir, dtype="float32")
+    model = backbone.build_model().train()
+
+    tok = Tokenized(backbone.tokenizer, w["template"], 256, w["max_new_tokens"], "")
+    ids, mask = left_pad([tok.prompt_ids(r["prompt"]) for r in _prompts(None, w["prompts_per_step"])],
+                         backbone.tokenizer.pad_token_id)
+    ids, mask = ids.repeat_interleave(w["group_size"], 0), mask.repeat_interleave(w["group_size"], 0)
+    with torch.no_grad():
+        roll = sample(model.eval(), ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
+                      pad_id=backbone.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+    model.train()
+    before, t0 = _rss_mb(), time.perf_counter()
+    if mode == "fused":
+        logp = sequence_logprobs(model, ids, mask, roll.completion_ids, roll.completion_mask)
+    else:
+        attention = torch.cat([mask, roll.completion_mask], 1)
+        logits = model(input_ids=torch.cat([ids, roll.completion_ids], 1), attention_mask=attention,
+                       position_ids=positions_from_mask(attention)).logits[:, ids.shape[1] - 1 : -1]
+        logp = token_logprobs(logits, roll.completion_ids) * roll.completion_mask
+    logp.sum().backward()
+    seconds = time.perf_counter() - t0
+    return {"framework": f"memory-{mode}", "pass_s": seconds, "rss_before_mb": before,
+            "pass_peak_mb": _peak_mb() - before, "shape": list(roll.completion_ids.shape),
+            "vocab": model.config.vocab_size}
+
