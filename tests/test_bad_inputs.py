@@ -131,3 +131,11 @@ def test_prompts_longer_than_the_limit_are_counted_and_reported_once(make_cfg, t
                                          r"data.max_prompt_tokens=64 tokens; its start is cut"):
         data.setup("fit")
     assert data.cuts["train"] == {"prompt": 2, "response": 0}
+
+
+def test_a_missing_or_empty_model_folder_is_named(make_cfg, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=f"^backbone.name_or_path: no model folder at {tmp_path}/nowhere"):
+        run(make_cfg("stage=sft", *FAST, "backbone=hf", f"backbone.name_or_path={tmp_path}/nowhere"))
+    with pytest.raises(FileNotFoundError, match="backbone.name_or_path: .* holds no config.json"):
+        run(make_cfg("stage=sft", *FAST, "backbone=hf", f"backbone.name_or_path={tmp_path}/empty"))

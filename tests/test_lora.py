@@ -43,3 +43,28 @@ def test_effective_weights_are_the_merged_ones(lora_model):
     assert torch.allclose(effective_weight(q), expected)
     merged = lora_model.merge_and_unload()
     assert torch.allclose(merged.model.layers[0].self_attn.q_proj.weight, expected, atol=1e-6)
+
+
+def test_a_lora_backbone_trains_only_its_adapters_and_exports_a_merged_model(tiny_backbone, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from r1lab.models import Backbone
+    from r1lab.modules.base import export_hf
+
+    backbone = Backbone(tiny=tiny_backbone.tiny, lora={"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    model = backbone.build_model()
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained) and backbone.lora["alpha"] == 8
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    export_hf(model, backbone.tokenizer, tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert not any("lora" in n for n, _ in plain.named_parameters())  # loads without peft
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-5)
+    assert any("lora_" in n for n, _ in model.named_parameters())  # the training model keeps its adapters
+    with pytest.raises(ValueError, match=r"backbone.lora: unknown key\(s\) \['rank'\]"):
+        Backbone(tiny=tiny_backbone.tiny, lora={"r": 4, "rank": 8})

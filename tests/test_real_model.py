@@ -126,6 +126,7 @@ def test_name_or_path_wins_over_gguf_file(tmp_path):
     from r1lab.models import Backbone
 
     folder = str(tmp_path / "export")
+    (tmp_path / "export").mkdir()
     backbone = Backbone(name_or_path=folder, gguf_file="smollm2-135m-instruct")
     assert backbone.name_or_path == folder and backbone.gguf_file is None
     lazy = Backbone(gguf_file="/nowhere/model.gguf")

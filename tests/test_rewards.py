@@ -242,7 +242,8 @@ def test_reward_set_weighted_sum():
 
 
 def test_reward_set_from_hydra_config_and_registry():
-    assert set(REWARDS) == {"accuracy", "accuracy_math", "format", "format_lenient", "language", "code"}
+    assert set(REWARDS) == {"accuracy", "accuracy_math", "format", "format_lenient", "language", "code",
+                            "reasoning_gym", "reasoning_gym_score"}
     cfg = OmegaConf.create({"functions": {"acc": "accuracy", "lang": "language"}, "weights": {"lang": 0.1}})
     rewards = RewardSet(cfg.functions, cfg.weights)
     assert [(f.name, f.weight) for f in rewards.functions] == [("acc", 1.0), ("lang", 0.1)]

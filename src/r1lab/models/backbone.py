@@ -48,6 +48,9 @@ class Backbone:
         seed: the tiny preset's init seed (independent of the run's seed, so sweeps over ``seed``
             change the data order and sampling but start from the same weights).
         gradient_checkpointing: trade compute for memory on real models.
+        lora: LoRA adapters (peft) instead of full fine-tuning: ``{r, alpha, dropout, target_modules}``
+            (``r`` > 0; the defaults adapt every attention and MLP projection); only the adapters are
+            trained, and the export merges them into a plain model.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Backbone:
         seed: int = 0,
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
+        lora: dict | None = None,
     ) -> None:
         if name_or_path is None and gguf_file is None and tiny is None:
             raise ValueError("backbone: set backbone.name_or_path (a model to load), backbone.gguf_file (a GGUF "
@@ -72,6 +76,13 @@ class Backbone:
             raise ValueError(f"backbone.dtype: unknown dtype {dtype!r} (use one of {list(DTYPES)})")
         if tiny is not None and tiny.get("family", "llama") not in TINY_FAMILIES:
             raise ValueError(f"backbone.tiny.family: {tiny.get('family')!r} is not one of {list(TINY_FAMILIES)}")
+        if name_or_path is not None:
+            path = Path(str(name_or_path)).expanduser()
+            looks_local = str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1
+            if looks_local and not path.exists():
+                raise ValueError(f"backbone.name_or_path: no model folder at {name_or_path} (a stage's export is "
+                                 "its folder's hf/: run that stage first, or point the key at another folder)")
+        self.lora = check_lora(lora)
         self._name_or_path = None if name_or_path is None else str(name_or_path)
         self.gguf_file = None if gguf_file is None else str(gguf_file)
         self.tiny = dict(tiny) if tiny is not None else None
@@ -144,6 +155,8 @@ class Backbone:
             )
         if self.gradient_checkpointing:
             enable_checkpointing(model)
+        if self.lora is not None:
+            model = with_lora(model, self.lora)
         return model
 
     def describe(self) -> str:
@@ -158,3 +171,44 @@ def enable_checkpointing(model) -> None:
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
     model.config.use_cache = False
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def check_lora(lora: dict | None) -> dict | None:
+    """The LoRA settings with their defaults, checked by key (None or r == 0: no adapters)."""
+    if lora is None or not lora.get("r"):
+        return None
+    unknown = set(lora) - {"r", "alpha", "dropout", "target_modules"}
+    if unknown:
+        raise ValueError(f"backbone.lora: unknown key(s) {sorted(unknown)} (r, alpha, dropout, target_modules)")
+    out = {"r": lora["r"], "alpha": lora.get("alpha") or 2 * lora["r"], "dropout": lora.get("dropout", 0.0),
+           "target_modules": list(lora.get("target_modules") or LORA_TARGETS)}
+    if isinstance(out["r"], bool) or not isinstance(out["r"], int) or out["r"] < 1:
+        raise ValueError(f"backbone.lora.r: must be an integer >= 1, got {out['r']!r}")
+    if not 0.0 <= float(out["dropout"]) < 1.0:
+        raise ValueError(f"backbone.lora.dropout: must lie in [0, 1), got {out['dropout']}")
+    return out
+
+
+def with_lora(model: torch.nn.Module, lora: dict) -> torch.nn.Module:
+    """``model`` with LoRA adapters on ``lora["target_modules"]`` (peft); its own weights frozen."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("backbone.lora needs peft: pip install -e '.[real]'") from error
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                        target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A model without adapters to save: a LoRA model's adapters merged into a copy of its weights
+    (the training model keeps its adapters), any other model itself."""
+    if hasattr(model, "merge_and_unload") and type(model).__name__.startswith("Peft"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+

@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 from r1lab.evaluation import METRICS, EvalConfig, evaluate_batch, examples_markdown
 from r1lab.generation import RolloutConfig, RolloutEngine, make_engine, mix_seed
-from r1lab.models.backbone import Backbone
+from r1lab.models.backbone import Backbone, plain_model
 from r1lab.models.tokenizer import save_tokenizer
 from r1lab.modules.guards import (
     FiniteSteps,
@@ -40,6 +40,7 @@ def export_hf(model: torch.nn.Module, tokenizer, path: str | Path, trainer=None,
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     path = Path(path)
+    model = plain_model(model)  # LoRA adapters merged: the export loads without peft
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     state = None
     if distributed:

@@ -12,6 +12,7 @@ from r1lab.rewards.code import code_reward, run_sandboxed
 from r1lab.rewards.compose import RewardFunction, RewardSet
 from r1lab.rewards.format import format_reward_lenient, format_reward_strict, has_format
 from r1lab.rewards.language import language_consistency, language_consistency_reward
+from r1lab.rewards.reasoning_gym import reasoning_gym_accuracy, reasoning_gym_reward
 
 REWARDS = {
     "accuracy": accuracy_reward,
@@ -20,6 +21,8 @@ REWARDS = {
     "format_lenient": format_reward_lenient,
     "language": language_consistency_reward,
     "code": code_reward,
+    "reasoning_gym": reasoning_gym_accuracy,
+    "reasoning_gym_score": reasoning_gym_reward,
 }
 
 __all__ = [
@@ -35,5 +38,7 @@ __all__ = [
     "has_format",
     "language_consistency",
     "language_consistency_reward",
+    "reasoning_gym_accuracy",
+    "reasoning_gym_reward",
     "run_sandboxed",
 ]

@@ -117,11 +117,17 @@ def accuracy_reward(prompt: str, completion: str, reference: dict) -> float:
 
     task "code": the share of the reference's tests the program passes (see code.code_reward);
     raises SandboxUnavailable where the sandbox cannot contain programs and running them anyway
-    was not allowed. Otherwise ("arith", "math", default): exact numeric match, and when the
-    reference is not a plain number (a fraction, an expression) math-verify equivalence.
+    was not allowed. A reasoning-gym record (it carries ``reasoning_gym``): that task's own verifier
+    gives full marks (``r1lab.rewards.reasoning_gym``). Otherwise ("arith", "math", default): exact
+    numeric match, and when the reference is not a plain number (a fraction, an expression)
+    math-verify equivalence.
     """
     if reference.get("task") == "code":
         return code_reward(prompt, completion, reference)
+    if reference.get("reasoning_gym") is not None:
+        from r1lab.rewards.reasoning_gym import reasoning_gym_accuracy
+
+        return reasoning_gym_accuracy(prompt, completion, reference)
     pred, ref = extract_answer(completion), str(reference.get("answer", ""))
     if numeric_match(pred, ref):
         return 1.0

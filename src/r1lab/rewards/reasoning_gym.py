@@ -19,7 +19,6 @@ import functools
 import json
 import math
 
-from r1lab.data.reasoning_gym import entry_of
 from r1lab.rewards.format import extract_answer
 
 __all__ = ["reasoning_gym_accuracy", "reasoning_gym_reward", "score_answer"]
@@ -40,6 +39,8 @@ def score_answer(answer: str | None, reference: dict) -> float:
     """reasoning-gym's score in [0, 1] of an extracted answer; 0.0 on any failure."""
     if answer is None or not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
         return 0.0
+    from r1lab.data.reasoning_gym import entry_of  # here: importing the rewards stays free of the data stack
+
     try:
         rg = reference.get("reasoning_gym") or {}
         name = rg.get("dataset") or reference.get("task")
