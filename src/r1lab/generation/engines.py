@@ -116,6 +116,7 @@ ENGINES: dict[str, EngineFactory | str] = {
     "auto": lambda model, tokenizer, **options: TorchEngine(model, tokenizer, "auto", **options),
     "static_kv": lambda model, tokenizer, **options: TorchEngine(model, tokenizer, "static_kv", **options),
     "hf": lambda model, tokenizer, **options: TorchEngine(model, tokenizer, "hf", **options),
+    "vllm": "r1lab.generation.vllm_engine:factory",
 }
 
 

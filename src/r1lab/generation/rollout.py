@@ -81,6 +81,10 @@ class Rollout:
     truncated: torch.Tensor  # (B,) True where no EOS came within max_new_tokens
     texts: list[str] | None = None  # the completions as text, without EOS and padding
     decoder: str = ""  # what produced the tokens (e.g. "static_kv", or "hf (<why the fast path did not apply>)")
+    # True where ``logprobs`` come from an engine's own copy of the weights and kernels (vLLM), not from
+    # the policy's forward: they differ from the training pass by the train/inference mismatch, which
+    # GRPO measures (and corrects with TIS when the engine has a ``tis_cap``).
+    engine_logprobs: bool = False
 
     @property
     def lengths(self) -> torch.Tensor:
