@@ -147,7 +147,7 @@ class GRPO(PolicyModule):
             "records": records, "texts": out.texts, "prompt_ids": prompt_ids,
             "prompt_mask": prompt_mask, "completion_ids": out.completion_ids,
             "completion_mask": out.completion_mask, "loss_mask": mask, "old_logp": out.logprobs,
-            "ref_logp": ref_logp, "truncated": out.truncated,
+            "ref_logp": ref_logp, "truncated": out.truncated, "engine_logprobs": out.engine_logprobs,
         }
 
     def score(self, roll: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -219,6 +219,7 @@ class GRPO(PolicyModule):
         rewards, per_function = self.score(roll)
         advantages = group_advantages(rewards, self.G, scale=self.advantage_scale)  # (B·G,)
         t_score = time.perf_counter() - t0 - t_sample
+        advantages, engine_log = self.engine_correction(roll, advantages)  # engines with their own weights
         loss_metrics = self.policy_update(roll, advantages)
         self.rollouts_done += 1
         elapsed = time.perf_counter() - t0
@@ -241,6 +242,7 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
+        log |= engine_log
         if self.nonfinite == "skip":
             log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
@@ -250,3 +252,39 @@ class GRPO(PolicyModule):
             rows = [{"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": float(c)}
                     for r, t, c in zip(roll["records"][:: self.G], roll["texts"][:: self.G], correct[:: self.G])]
             self._log_text("train/completions", examples_markdown(rows[:4]))
+
+    # -- the train/inference mismatch of an engine with its own weights (vLLM) ------------------
+    @torch.no_grad()
+    def engine_correction(self, roll: dict, advantages: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """π_old, the mismatch metrics and truncated importance sampling for a rollout whose log-probs
+        came from an engine's own copy of the weights (``Rollout.engine_logprobs``); a no-op otherwise.
+
+        As in TRL and veRL, π_old becomes the policy's own recomputation of the sampled tokens'
+        log-probs (so the clipped ratio starts at exactly 1 and clips only what the updates moved), and
+        the engine's log-probs serve only to measure the mismatch, ``train/engine_logprob_diff_mean``
+        and ``_max`` (|log π_train − log π_engine| over completion tokens; under DDP each rank's max,
+        averaged). With the engine's ``tis_cap`` C, each token's surrogate is weighted by
+        w = min(exp(log π_train − log π_engine), C) (truncated importance sampling; TRL's
+        ``vllm_importance_sampling_correction``): folded into per-token advantages, which is the same
+        as weighting the surrogate since w > 0, and leaves the KL term unweighted, as TRL does.
+        """
+        if not roll.get("engine_logprobs"):
+            return advantages, {}
+        size = self.micro_batch_size or len(advantages)
+        train = torch.cat([
+            sequence_logprobs(self.policy, roll["prompt_ids"][rows], roll["prompt_mask"][rows],
+                              roll["completion_ids"][rows], roll["completion_mask"][rows], self.temperature)
+            for rows in torch.arange(len(advantages), device=advantages.device).split(size)
+        ]).float()
+        mask = roll["completion_mask"].float()
+        delta = (train - roll["old_logp"]) * mask  # log π_train − log π_engine, 0 off the completion
+        log = {"train/engine_logprob_diff_mean": masked_mean(delta.abs(), mask),
+               "train/engine_logprob_diff_max": delta.abs().max()}
+        roll["engine_logp"], roll["old_logp"] = roll["old_logp"], train
+        cap = getattr(self.engine, "tis_cap", None)
+        if cap is None:
+            return advantages, log
+        ratio = delta.exp()
+        log |= {"train/tis_weight_mean": masked_mean(ratio.clamp(max=cap), mask),
+                "train/tis_clipped": masked_mean((ratio > cap).float(), mask)}
+        return advantages.unsqueeze(-1) * ratio.clamp(max=cap) * mask, log
