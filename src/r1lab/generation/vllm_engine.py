@@ -47,6 +47,7 @@ import random
 import shutil
 import tempfile
 import time
+import weakref
 
 import torch
 
@@ -195,6 +196,7 @@ class VLLMEngine(RolloutEngine):
         on_cpu = param.device.type == "cpu"
         config = unwrap(self.model).config
         self.folder = tempfile.mkdtemp(prefix="r1lab-vllm-")
+        self._remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, True)  # a run never closes it
         config.save_pretrained(self.folder)
         save_tokenizer(self.tokenizer, self.folder)
         if self.max_model_len is None:
@@ -231,7 +233,7 @@ class VLLMEngine(RolloutEngine):
 
             gc.collect()
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            self._remove_folder()
             self.folder = None
 
     # -- sampling ----------------------------------------------------------------------------
