@@ -123,8 +123,10 @@ class VLLMEngine(RolloutEngine):
     # -- the weights -------------------------------------------------------------------------
     def _versions(self) -> tuple:
         """A fingerprint of the policy's weights: each parameter's identity, storage and in-place
-        version counter (an optimiser step bumps every counter it touches)."""
-        return tuple((id(p), p.data_ptr(), p._version) for p in self.model.parameters())
+        version counter (an optimiser step bumps every counter it touches); for an FSDP2 DTensor, its
+        local shard's."""
+        local = (getattr(p, "_local_tensor", p) for p in self.model.parameters())
+        return tuple((id(t), t.data_ptr(), t._version) for t in local)
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
         """The policy's full state dict under the Hugging Face names vLLM's loaders read.
