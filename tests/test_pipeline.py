@@ -133,3 +133,22 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
 
     assert len(without_time(table)) >= 9 and without_time(second) == without_time(table)
     assert table.split("Reward model")[1] == second.split("Reward model")[1]
+
+
+def test_the_smol_pipeline_composes_and_evaluates_every_stage_on_one_world(tmp_path):
+    from conftest import compose_cfg
+
+    from r1lab.pipeline import _command
+
+    smol = load_pipeline("smol")
+    assert [s.name for s in smol.stages] == ["base", "sft", "grpo", "sft_data", "sft2"]
+    worlds = {}
+    for stage in smol.stages:
+        argv = _command(stage, smol, tmp_path / "pipeline" / "smol", tmp_path / stage.name, [])
+        overrides = [a for a in argv[3:] if not a.startswith("hydra.")]
+        cfg = compose_cfg(tmp_path / stage.name, overrides)
+        assert cfg.pipeline_name == "smol" and cfg.module.evaluation.max_new_tokens == 64, stage.name
+        source = cfg.data.source.get("eval", cfg.data.source)
+        worlds[stage.name] = {k: v for k, v in source.items() if k != "sizes"}, (source.sizes.val, source.sizes.test)
+    assert len({repr(w) for w in worlds.values()}) == 1, worlds  # SFT-2's file is scored on the same test prompts
+    assert worlds["base"][1] == (32, 200)
