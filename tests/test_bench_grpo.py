@@ -63,3 +63,15 @@ def test_the_memory_worker_measures_both_training_passes(tmp_path):
     assert fused["shape"] == plain["shape"] == [4, 8] and fused["vocab"] == 479
     assert fused["pass_peak_mb"] >= 0 and plain["pass_peak_mb"] >= 0 and fused["pass_s"] > 0
 
+
+
+def test_the_r1lab_worker_trains_only_the_adapters_with_lora(tmp_path):
+    from r1lab.bench.grpo_workers import _tiny_export, run_r1lab
+
+    model = str(_tiny_export(tmp_path / "tiny"))
+    w = {**grpo_bench.WORKLOAD, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 8, "template": "chat",
+         "threads": 1, "steps": 2, "lora": 4}
+    run = run_r1lab(model, w)
+    # rank 4 on the 7 projections of 4 layers: r x (in + out) each; hidden 128, kv 64, MLP 384
+    per_layer = 4 * ((128 + 128) * 2 + (128 + 64) * 2 + (128 + 384) * 3)
+    assert run["trainable"] == 4 * per_layer and run["parameters"] == 848_896 + 4 * per_layer

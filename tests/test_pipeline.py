@@ -137,7 +137,6 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
 
 def test_the_smol_pipeline_composes_and_evaluates_every_stage_on_one_world(tmp_path):
     from conftest import compose_cfg
-
     from r1lab.pipeline import _command
 
     smol = load_pipeline("smol")

@@ -101,7 +101,8 @@ def _report(name: str, res: dict) -> None:
           f"peak {med('r1lab', 'peak_mb'):.0f} MB, sampling {100 * med('r1lab', 'sample_share'):.0f}% of the step; "
           f"step / bare model work = {med('r1lab', 'overhead_vs_bare'):.2f}; decoder: {r['decoder']}")
     print("         bare model work (last run): " + ", ".join(f"{k} {v:.3f} s" for k, v in r["bare_s"].items()))
-    print(f"         training pass: {r['trained_tokens']} tokens x {r['parameters'] / 1e6:.1f}M parameters, "
+    print(f"         training pass: {r['trained_tokens']} tokens x {r['parameters'] / 1e6:.1f}M parameters "
+          f"({r.get('trainable', r['parameters']) / 1e6:.2f}M trained), "
           f"MFU {100 * r['training_pass_mfu']:.0f}% of the measured {r['matmul_gflops']:.0f} GFLOP/s")
     if "trl" in res:
         print(f"  trl:   {med('trl', 'step_s'):.3f} s/step, {med('trl', 'tokens_per_s'):.0f} sampled tokens/s, "
@@ -143,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--group-size", type=int, default=None, help="G, completions per prompt (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="completion length limit (default 64; 128 on a real model)")
+    parser.add_argument("--lora", type=int, default=0,
+                        help="LoRA rank of both frameworks' policies (0 = full fine-tuning; r1lab's backbone.lora, "
+                             "TRL's peft_config, the same target modules)")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo.json"))
     parser.add_argument("--threads", type=int, default=WORKLOAD["threads"],
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     real = args.backbone != "tiny"
-    base = {**(REAL_WORKLOAD if real else WORKLOAD), "threads": args.threads}
+    base = {**(REAL_WORKLOAD if real else WORKLOAD), "threads": args.threads, "lora": args.lora}
     for key, value in (("steps", args.steps), ("prompts_per_step", args.prompts_per_step),
                        ("group_size", args.group_size), ("max_new_tokens", args.max_new_tokens)):
         if value is not None:

@@ -65,7 +65,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     from r1lab.rewards import RewardSet
 
     torch.set_num_threads(w["threads"])
-    backbone = Backbone(name_or_path=model_dir, dtype="float32")
+    backbone = Backbone(name_or_path=model_dir, dtype="float32", lora={"r": w["lora"]} if w.get("lora") else None)
     n_prompts = w["prompts_per_step"] * w["steps"]
     dm = R1DataModule(TinyWorld(sizes={"train": n_prompts, "val": 0, "test": 0}), mode="rl", template=w["template"],
                       system_prompt="", batch_size=w["prompts_per_step"], max_response_tokens=w["max_new_tokens"])
@@ -117,7 +117,8 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     fallback = StaticCacheDecoder.unsupported(policy)
     # Model FLOPs of the training pass: 6 x parameters x the tokens it runs (each distinct prompt once,
     # with the shared-prompt forward, and every completion token up to its EOS).
-    params = sum(p.numel() for p in policy.parameters())
+    params = sum(p.numel() for p in policy.parameters())  # all of them: LoRA still runs every frozen matmul
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     prompt_tokens = int(batch["prompt_mask"].sum())
     trained = prompt_tokens + int(roll.completion_mask.sum())
     peak = matmul_gflops(w["threads"])
@@ -125,7 +126,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
             "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
             "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
-            "bare_model_work_s": bare, "overhead_vs_bare": step / bare, "parameters": params,
+            "bare_model_work_s": bare, "overhead_vs_bare": step / bare, "parameters": params, "trainable": trainable,
             "trained_tokens": trained, "matmul_gflops": peak, "training_pass_mfu": mfu,
             "bare_s": {"decode": decode_s, "policy_fwd_bwd": fwd_bwd_s, "reference_fwd": ref_s}}
 
@@ -176,8 +177,16 @@ def run_trl(model_dir: str, w: dict) -> dict:
             gradient_checkpointing=False,  # TRL's default (True) recomputes the forward in backward; r1lab does not
         )
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        peft_config = None
+        if w.get("lora"):  # the same adapters as r1lab's backbone.lora (r, alpha 2r, every projection)
+            from peft import LoraConfig
+
+            from r1lab.models.backbone import LORA_TARGETS
+
+            peft_config = LoraConfig(r=w["lora"], lora_alpha=2 * w["lora"], lora_dropout=0.0,
+                                     target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
         trainer = GRPOTrainer(model=model, reward_funcs=[accuracy, fmt], args=cfg, train_dataset=data,
-                              processing_class=tok, callbacks=[Clock()])
+                              processing_class=tok, callbacks=[Clock()], peft_config=peft_config)
         trainer.train()
     step = statistics.median(times[1:])
     per_step_tokens = statistics.median(tokens[1:]) if len(tokens) > 1 else float("nan")
