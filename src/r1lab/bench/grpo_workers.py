@@ -35,6 +35,25 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def _status_mb(field: str) -> float:
+    """A field of /proc/self/status in MiB (VmRSS: now; VmHWM: the peak since the last reset)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak resident memory (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _tiny_export(path: Path) -> Path:
     """The tiny backbone with its seeded random weights, saved as a Hugging Face folder."""
     from r1lab.models import Backbone
@@ -197,7 +216,8 @@ def run_memory(model_dir: str, w: dict, mode: str) -> dict:
     """Peak memory of one training pass (forward and backward) over a GRPO step's sequences: ``fused``
     is r1lab's ``sequence_logprobs`` (the output layer and the log-softmax in row chunks), ``plain`` one
     forward that returns the full (B, T, V) logits and a log-softmax over them. Run each in its own
-    process: the figure is the process's peak resident memory minus what it held before the pass."""
+    process: the figure is the peak resident memory during the pass (VmHWM, reset just before it) minus what
+    the process held before it."""
     import torch
 
     from r1lab.data.collate import Tokenized, left_pad
@@ -217,7 +237,9 @@ def run_memory(model_dir: str, w: dict, mode: str) -> dict:
         roll = sample(model.eval(), ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
                       pad_id=backbone.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
     model.train()
-    before, t0 = _rss_mb(), time.perf_counter()
+    # the pass's own peak: VmHWM reset to the RSS now (sampling and loading peaked higher for a small model)
+    reset = _reset_peak_rss()
+    before, t0 = (_status_mb("VmRSS") if reset else _rss_mb()), time.perf_counter()
     if mode == "fused":
         logp = sequence_logprobs(model, ids, mask, roll.completion_ids, roll.completion_mask)
     else:
@@ -227,7 +249,8 @@ def run_memory(model_dir: str, w: dict, mode: str) -> dict:
         logp = token_logprobs(logits, roll.completion_ids) * roll.completion_mask
     logp.sum().backward()
     seconds = time.perf_counter() - t0
+    peak = _status_mb("VmHWM") if reset else _peak_mb()
     return {"framework": f"memory-{mode}", "pass_s": seconds, "rss_before_mb": before,
-            "pass_peak_mb": _peak_mb() - before, "shape": list(roll.completion_ids.shape),
+            "pass_peak_mb": peak - before, "shape": list(roll.completion_ids.shape),
             "vocab": model.config.vocab_size}
 
