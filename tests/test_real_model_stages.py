@@ -113,5 +113,9 @@ def test_the_fused_training_pass_equals_a_plain_forward_on_the_real_model(smol_f
     plain = grads(token_logprobs(logits, roll.completion_ids, 0.9) * roll.completion_mask)
     assert torch.allclose(fused[0], plain[0], atol=2e-4)
     assert torch.allclose(fused[0], roll.logprobs, atol=2e-4)  # and the sampler's log-probs
+    # fp32 sums over 49,152 logits in another order: measured relative error 3-5e-6 of each gradient's
+    # norm; single elements of the tied embedding's gradient where terms cancel differ by up to 4e-4
+    # against values of about 100
     for a, b in zip(fused[1], plain[1]):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+        assert (a - b).norm() / b.norm() < 1e-4
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
