@@ -119,6 +119,17 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
     assert all(r["samples"] == 16 and r["score"] < 0 for r in scores)  # 8 prompts x 2; a log-prob is < 0
     assert "| sft2 | " in table and "| grpo_rm | " in table.split("raw score on")[1]
     assert "| stage | accuracy |" in capsys.readouterr().out
+    # each stage's gain over the stage it started from, paired by prompt: over the same test prompts
+    # the mean of the paired differences is the difference of the two accuracies
+    gain_table = table.split("| gain ± s.e. |")[1].split("\n\n")[0]
+    gains = {r.split("|")[1].strip(): r.split("|")[2:5] for r in gain_table.splitlines()
+             if r.startswith("| ") and "---" not in r}
+    assert {k: v[0].strip() for k, v in gains.items()} == {
+        "r1_zero": "base", "sft": "base", "grpo": "sft", "sft2": "base", "grpo_rm": "sft2"}
+    acc = {s: json.loads((root / s / "metrics.json").read_text())["test/accuracy"] for s in ("sft", "grpo")}
+    assert float(gains["grpo"][2].split("±")[0]) == pytest.approx(acc["grpo"] - acc["sft"], abs=1e-3)
+    rows = [json.loads(line) for line in (root / "grpo" / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and sum(r["accuracy"] for r in rows) / 8 == pytest.approx(acc["grpo"], abs=1e-6)
     # a second run skips everything
     assert main(["--pipeline", "micro", "--root", str(tmp_path), "--no-report"]) == 0
     assert capsys.readouterr().out.count("skipped") == 13
@@ -151,3 +162,22 @@ def test_the_smol_pipeline_composes_and_evaluates_every_stage_on_one_world(tmp_p
         worlds[stage.name] = {k: v for k, v in source.items() if k != "sizes"}, (source.sizes.val, source.sizes.test)
     assert len({repr(w) for w in worlds.values()}) == 1, worlds  # SFT-2's file is scored on the same test prompts
     assert worlds["base"][1] == (32, 200)
+
+
+def test_paired_gain_against_hand_computed_values(tmp_path):
+    from r1lab.report import gain_lines, paired_gain, started_from
+
+    before = {"a": 1.0, "b": 0.0, "c": 0.0, "d": 1.0, "only_before": 1.0}
+    after = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 0.0}
+    gain, se, n = paired_gain(after, before)
+    # differences 0, 1, 1, -1: mean 0.25, sample variance (0.0625 + 0.5625 * 2 + 1.5625) / 3 = 0.91667
+    assert n == 4 and gain == pytest.approx(0.25) and se == pytest.approx((0.9166667 / 4) ** 0.5)
+    for name, source, rows in (("sft", None, before), ("grpo", "${paths.pipeline_dir}/sft/hf", after)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"backbone:\n  name_or_path: {source}\n")
+        (tmp_path / name / "test_predictions.jsonl").write_text(
+            "".join(json.dumps({"prompt": p, "accuracy": a}) + "\n" for p, a in rows.items()))
+    assert started_from(tmp_path / "grpo", ["sft", "grpo"]) == "sft" and started_from(tmp_path / "sft", ["sft"]) is None
+    lines = gain_lines(tmp_path, ["sft", "grpo"])
+    se_acc, se_gain = (0.75 * 0.25 / 4) ** 0.5, (0.9166667 / 4) ** 0.5
+    assert f"| grpo | sft | 0.750 ± {se_acc:.3f} | +0.250 ± {se_gain:.3f} | 4 |" in lines

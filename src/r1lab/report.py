@@ -1,8 +1,9 @@
 """The pipeline's results: one Markdown table over every stage's model, and plots of the RL stages.
 
 Rows come from each stage's ``metrics.json`` (its final weights on the shared held-out test split),
-its export (parameter count) and ``stage.json`` (wall-clock time). Curves come from the TensorBoard
-event files in each stage's folder.
+its export (parameter count) and ``stage.json`` (wall-clock time); the gains from each stage's
+``test_predictions.jsonl`` and the stage it started from (its backbone's ``<stage>/hf``). Curves come
+from the TensorBoard event files in each stage's folder.
 """
 
 from __future__ import annotations
@@ -153,6 +154,60 @@ def plot_curves(root: Path, stages: list[str], out: Path) -> list[Path]:
     return written
 
 
+def predictions(folder: Path) -> dict[str, float] | None:
+    """A stage's greedy test accuracy per prompt (``test_predictions.jsonl``), or None."""
+    path = folder / "test_predictions.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["prompt"]: float(row["accuracy"]) for row in rows}
+
+
+def started_from(folder: Path, stages: list[str]) -> str | None:
+    """The earlier stage whose export this stage's backbone loaded (from its Hydra config), or None."""
+    config = folder / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    name_or_path = ((yaml.safe_load(config.read_text()) or {}).get("backbone") or {}).get("name_or_path")
+    if not name_or_path:
+        return None
+    parts = Path(str(name_or_path)).parts
+    source = parts[-2] if len(parts) >= 2 and parts[-1] == "hf" else None
+    return source if source in stages and source != folder.name else None
+
+
+def paired_gain(after: dict[str, float], before: dict[str, float]) -> tuple[float, float, int]:
+    """Mean accuracy change over the prompts both stages answered, its standard error, and n."""
+    shared = sorted(set(after) & set(before))
+    diffs = [after[p] - before[p] for p in shared]
+    n = len(diffs)
+    if n < 2:
+        return (diffs[0] if diffs else float("nan")), float("nan"), n
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return mean, (var / n) ** 0.5, n
+
+
+def gain_lines(root: Path, stages: list[str]) -> list[str]:
+    """Each stage's test accuracy change over the stage it started from, paired by prompt."""
+    rows = []
+    for name in stages:
+        source = started_from(root / name, stages)
+        after, before = predictions(root / name), predictions(root / source) if source else None
+        if after is None or before is None:
+            continue
+        gain, se, n = paired_gain(after, before)
+        acc = sum(after.values()) / len(after)
+        se_acc = (acc * (1 - acc) / len(after)) ** 0.5
+        rows.append(f"| {name} | {source} | {acc:.3f} ± {se_acc:.3f} | {gain:+.3f} ± {se:.3f} | {n} |")
+    if not rows:
+        return []
+    return ["Test accuracy gained over the stage each started from (paired by prompt; ± one standard error):",
+            "", "| stage | from | accuracy ± s.e. | gain ± s.e. | prompts |", "|---|---|---|---|---|", *rows, ""]
+
+
 def stage_summaries(root: Path, stages: list[str]) -> list[str]:
     """The ``summary.md`` that run stages write (e.g. ``rm_score``), in stage order."""
     return [(root / name / "summary.md").read_text().rstrip() + "\n" for name in stages
@@ -164,7 +219,8 @@ def write_report(root: Path, stages: list[str]) -> str:
     root = Path(root)
     table, _ = results_table(root, stages)
     plots = plot_curves(root, stages, root)
-    table = "\n".join([table, "", *reward_model_lines(root, stages), "", *stage_summaries(root, stages)]).rstrip()
+    table = "\n".join([table, "", *gain_lines(root, stages), *reward_model_lines(root, stages), "",
+                       *stage_summaries(root, stages)]).rstrip()
     where = f"Pipeline folder: `{root}`. Test split: each stage's exported weights (its final ones, or its best)."
     body = ["# Results", "", where, "", table, ""]
     body += [f"![{p.stem}]({p.name})" for p in plots]

@@ -134,6 +134,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(_flat(cfg), metrics=final)
 
     if trainer.is_global_zero:
+        if cfg.get("test") and getattr(module, "test_rows", None):
+            # each test prompt's scores: the report pairs two stages' answers prompt by prompt
+            from r1lab.jobs.durable import jsonl_text, write_atomic
+
+            write_atomic(Path(cfg.paths.output_dir) / "test_predictions.jsonl", jsonl_text(module.test_rows))
         write_metrics(cfg, metrics)
     return metrics
 

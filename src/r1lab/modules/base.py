@@ -127,6 +127,7 @@ class PolicyModule(FiniteSteps, L.LightningModule):
             {f"{split}_{_metric_key(m)}": MeanMetric() for split in ("val", "test") for m in METRICS}
         )
         self._examples: dict[str, list[dict]] = {}
+        self.test_rows: list[dict] = []  # per test prompt: its scores (train.py writes test_predictions.jsonl)
 
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -168,6 +169,10 @@ class PolicyModule(FiniteSteps, L.LightningModule):
                 self.eval_metrics[key].update(values.to(self.device))
         if not self._examples.get(split):
             self._examples[split] = examples
+        if split == "test":
+            for i, record in enumerate(batch["records"]):
+                self.test_rows.append({"prompt": record["prompt"], "answer": record.get("answer"),
+                                       **{name: float(values[i]) for name, values in scores.items()}})
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
         logged = log_epoch_metrics(self, split, METRICS, _metric_key)
@@ -183,8 +188,15 @@ class PolicyModule(FiniteSteps, L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def on_test_epoch_start(self) -> None:
+        self.test_rows = []
+
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+        if self.trainer.world_size > 1:  # every rank's shard, on every rank
+            shards = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(shards, self.test_rows)
+            self.test_rows = [row for shard in shards for row in shard]
 
     @rank_zero_only
     def _log_text(self, tag: str, text: str) -> None:
