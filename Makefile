@@ -15,7 +15,7 @@ TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm rm-score \
-	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl smollm2 test-vllm clean
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl smollm2 test-vllm bench-bf16 clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ sweep-kl: $(STAMP) ## GRPO multirun over KL estimator x beta from the cold start
 optuna-grpo: $(STAMP) ## Optuna search over GRPO knobs; objective: held-out accuracy
 	$(TRAIN) -m stage=grpo hparams_search=grpo_optuna trainer.max_steps=$(SWEEP_STEPS) \
 		trainer.val_check_interval=$(SWEEP_STEPS) callbacks.progress_bar=null $(ARGS)
+
+bench-bf16: smollm2 ## bf16 autocast against fp32 on the CPU: decode and training-pass time on SmolLM2 (real extra)
+	OMP_NUM_THREADS=1 $(BIN)/python -m r1lab.bench.cpu_bf16 $(ARGS)
 
 kl-bench: $(STAMP) ## Monte Carlo study of the k1/k2/k3 KL estimators (table + plot in outputs/kl_study)
 	$(BIN)/python -m r1lab.bench.kl_study --out outputs/kl_study $(ARGS)

@@ -75,3 +75,19 @@ def test_the_r1lab_worker_trains_only_the_adapters_with_lora(tmp_path):
     # rank 4 on the 7 projections of 4 layers: r x (in + out) each; hidden 128, kv 64, MLP 384
     per_layer = 4 * ((128 + 128) * 2 + (128 + 64) * 2 + (128 + 384) * 3)
     assert run["trainable"] == 4 * per_layer and run["parameters"] == 848_896 + 4 * per_layer
+
+
+def test_the_bf16_bench_times_both_precisions_and_keeps_fp32_logprobs(tmp_path, capsys):
+    from r1lab.bench import cpu_bf16
+
+    out = tmp_path / "bf16.json"
+    res = cpu_bf16.main(["--backbone", "tiny", "--rows", "3", "--new-tokens", "5", "--repeats", "1",
+                         "--out", str(out)])
+    assert json.loads(out.read_text()) == res
+    for part in ("decode", "train_pass"):
+        assert res[f"{part}_s_fp32"] > 0 and res[f"{part}_s_bf16"] > 0
+        assert res[f"{part}_speedup_bf16"] == pytest.approx(res[f"{part}_s_fp32"] / res[f"{part}_s_bf16"])
+    assert res["logp_dtype_bf16"] == "torch.float32"  # the loss's log-probs stay fp32 under autocast
+    # bf16 matrix products move the log-probs, but only by rounding (~1e-3 here), never by a wrong token
+    assert 0 < res["logp_abs_diff_mean"] <= res["logp_abs_diff_max"] < 0.1
+    assert "fp32 / bf16" in capsys.readouterr().out
