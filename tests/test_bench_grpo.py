@@ -25,11 +25,41 @@ def test_compare_alternates_the_order_and_takes_the_median_of_paired_ratios(monk
     assert calls == ["r1lab"] and "trl" not in out and "speedup_vs_trl" not in out
 
 
+def test_the_engine_axis_pairs_each_engine_with_the_first_and_trl_with_the_first(monkeypatch):
+    calls = []
+    step_s = {"auto": iter([0.5, 0.4]), "hf": iter([1.0, 1.2]), "trl": iter([2.0, 0.8])}
+
+    def fake_worker(kind, model_dir, w):
+        name = w["engine"] if kind == "r1lab" else kind
+        calls.append(name)
+        return {"framework": kind, "step_s": next(step_s[name])}
+
+    monkeypatch.setattr(grpo_bench, "_worker", fake_worker)
+    out = grpo_bench.compare("model", {"template": "chat"}, repeats=2, have_trl=True, engines=("auto", "hf"))
+    assert calls == ["auto", "hf", "trl", "trl", "hf", "auto"]
+    assert [r["step_s"] for r in out["engines"]["hf"]] == [1.0, 1.2]
+    assert out["step_ratio_vs_auto"] == {"hf": pytest.approx((2.0 + 3.0) / 2)}
+    assert out["speedup_vs_trl"] == pytest.approx([4.0, 2.0])  # TRL against the first engine
+
+
+def test_the_bench_runs_each_engine_through_the_grpo_module(tmp_path, capsys):
+    out = tmp_path / "grpo.json"
+    grpo_bench.main(["--no-trl", "--template", "chat", "--steps", "2", "--repeats", "1", "--engine", "auto", "hf",
+                     "--out", str(out)])
+    res = json.loads(out.read_text())["chat"]
+    (auto,), (hf,) = res["engines"]["auto"], res["engines"]["hf"]
+    assert (auto["engine"], auto["decoder"]) == ("auto", "static KV cache")
+    assert (hf["engine"], hf["decoder"]) == ("hf", "generic HF forward")
+    assert res["step_ratio_vs_auto"]["hf"] == pytest.approx(hf["step_s"] / auto["step_s"])
+    assert "engine hf:" in capsys.readouterr().out
+
+
 def test_bench_runs_the_r1lab_worker_and_writes_its_figures(tmp_path, capsys):
     out = tmp_path / "grpo.json"
     grpo_bench.main(["--no-trl", "--template", "chat", "--steps", "2", "--repeats", "1", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert list(result) == ["backbone", "chat"] and result["backbone"] == "tiny"
+    assert list(result) == ["backbone", "engines", "chat"] and result["backbone"] == "tiny"
+    assert result["engines"] == ["auto"] and "engines" not in result["chat"]
     run, = result["chat"]["r1lab"]
     w = result["chat"]["workload"]
     assert w["template"] == "chat" and w["steps"] == 2 and w["group_size"] == 8

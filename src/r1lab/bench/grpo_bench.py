@@ -39,6 +39,7 @@ import tempfile
 from pathlib import Path
 
 from r1lab.bench.grpo_workers import _tiny_export, run_memory, run_r1lab, run_trl
+from r1lab.generation.engines import ENGINES
 
 WORKLOAD = {
     "prompts_per_step": 8,
@@ -74,19 +75,28 @@ def _worker(kind: str, model_dir: str, w: dict) -> dict:
     return json.loads(lines[-1])
 
 
-def compare(model_dir: str, w: dict, repeats: int, have_trl: bool) -> dict:
-    """``repeats`` runs of each framework on one workload, alternating which goes first (the machine's
-    speed drifts); the speed-up is the median of the paired ratios TRL ÷ r1lab."""
-    runs: dict[str, list] = {"r1lab": [], "trl": []}
+def compare(model_dir: str, w: dict, repeats: int, have_trl: bool, engines: tuple[str, ...] = ("auto",)) -> dict:
+    """``repeats`` runs of r1lab with each rollout engine and of TRL on one workload, alternating the order
+    (the machine's speed drifts); the speed-ups are medians of paired ratios: TRL ÷ r1lab with the first
+    engine, and each further engine's s/step ÷ the first engine's."""
+    kinds = [f"r1lab:{e}" for e in engines] + (["trl"] if have_trl else [])
+    runs: dict[str, list] = {kind: [] for kind in kinds}
     for i in range(repeats):
-        order = ["r1lab", "trl"] if i % 2 == 0 else ["trl", "r1lab"]
-        for kind in order:
-            if kind == "r1lab" or have_trl:
-                runs[kind].append(_worker(kind, model_dir, w))
-    out = {"workload": w, "r1lab": runs["r1lab"]}
+        for kind in (kinds if i % 2 == 0 else kinds[::-1]):
+            if kind == "trl":
+                runs[kind].append(_worker("trl", model_dir, w))
+            else:
+                runs[kind].append(_worker("r1lab", model_dir, {**w, "engine": kind.split(":", 1)[1]}))
+    first = runs[kinds[0]]
+    out = {"workload": w, "r1lab": first}
+    if len(engines) > 1:
+        out["engines"] = {e: runs[f"r1lab:{e}"] for e in engines}
+        out["step_ratio_vs_" + engines[0]] = {
+            e: statistics.median(r["step_s"] / f["step_s"] for r, f in zip(runs[f"r1lab:{e}"], first))
+            for e in engines[1:]}
     if have_trl:
         out["trl"] = runs["trl"]
-        out["speedup_vs_trl"] = [t["step_s"] / r["step_s"] for r, t in zip(runs["r1lab"], runs["trl"])]
+        out["speedup_vs_trl"] = [t["step_s"] / r["step_s"] for r, t in zip(first, runs["trl"])]
         out["median_speedup_vs_trl"] = statistics.median(out["speedup_vs_trl"])
     return out
 
@@ -104,6 +114,12 @@ def _report(name: str, res: dict) -> None:
     print(f"         training pass: {r['trained_tokens']} tokens x {r['parameters'] / 1e6:.1f}M parameters "
           f"({r.get('trainable', r['parameters']) / 1e6:.2f}M trained), "
           f"MFU {100 * r['training_pass_mfu']:.0f}% of the measured {r['matmul_gflops']:.0f} GFLOP/s")
+    for engine, engine_runs in res.get("engines", {}).items():
+        ratio = res[next(k for k in res if k.startswith("step_ratio_vs_"))].get(engine)
+        print(f"  engine {engine}: {statistics.median(x['step_s'] for x in engine_runs):.3f} s/step, "
+              f"{statistics.median(x['tokens_per_s'] for x in engine_runs):.0f} sampled tokens/s, sampling "
+              f"{100 * statistics.median(x['sample_share'] for x in engine_runs):.0f}% of the step"
+              + (f", {ratio:.2f}x the first engine's s/step (median of paired runs)" if ratio else " (first)"))
     if "trl" in res:
         print(f"  trl:   {med('trl', 'step_s'):.3f} s/step, {med('trl', 'tokens_per_s'):.0f} sampled tokens/s, "
               f"peak {med('trl', 'peak_mb'):.0f} MB")
@@ -147,6 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora", type=int, default=0,
                         help="LoRA rank of both frameworks' policies (0 = full fine-tuning; r1lab's backbone.lora, "
                              "TRL's peft_config, the same target modules)")
+    parser.add_argument("--engine", nargs="+", default=["auto"], choices=sorted(ENGINES),
+                        help="r1lab's rollout engine(s) (rollout.engine; default auto = the static-KV decoder "
+                             "where it applies); several form an engine axis of paired runs, the first is "
+                             "compared with TRL; vllm needs the vLLM environment (make test-vllm builds it)")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/grpo.json"))
     parser.add_argument("--threads", type=int, default=WORKLOAD["threads"],
@@ -183,11 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
         print("trl is not installed (pip install -e '.[bench]'): no comparison")
     print(f"backbone {args.backbone}; workload: " + ", ".join(f"{k}={v}" for k, v in base.items() if k != "template")
           + f"; {repeats} run(s) of each framework per template", flush=True)
-    results = {"backbone": args.backbone}
+    results = {"backbone": args.backbone, "engines": args.engine}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = model_folder(args.backbone, Path(tmp))
         for name in args.template:
-            results[name] = compare(model_dir, {**base, "template": name}, repeats, have_trl)
+            results[name] = compare(model_dir, {**base, "template": name}, repeats, have_trl, tuple(args.engine))
             _report(name, results[name])
         if real:
             results["memory"] = memory(model_dir, {**base, "template": args.template[0]})

@@ -92,7 +92,8 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     module = GRPO(backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=w["lr"]),
                   rewards=RewardSet(functions={"accuracy": "accuracy", "format": "format"}),
                   group_size=w["group_size"], max_new_tokens=w["max_new_tokens"], beta=w["beta"],
-                  kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0})
+                  kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0},
+                  rollout={"engine": w.get("engine", "auto")})
     times, samples, tokens = [], [], []
 
     class Clock(L.Callback):
@@ -142,7 +143,14 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     trained = prompt_tokens + int(roll.completion_mask.sum())
     peak = matmul_gflops(w["threads"])
     mfu = 6 * params * trained / fwd_bwd_s / 1e9 / peak
-    return {"framework": "r1lab", "decoder": f"generic HF forward ({fallback})" if fallback else "static KV cache",
+    engine = w.get("engine", "auto")
+    if engine == "vllm":
+        decoder = "vLLM (in-process, its own copy of the weights)"
+    elif engine == "hf" or fallback:
+        decoder = "generic HF forward" + (f" ({fallback})" if fallback else "")
+    else:
+        decoder = "static KV cache"
+    return {"framework": "r1lab", "engine": engine, "decoder": decoder,
             "step_s": step, "tokens_per_s": statistics.median(tokens[1:]) / step,
             "sample_share": statistics.median(samples[1:]), "peak_mb": _peak_mb(),
             "bare_model_work_s": bare, "overhead_vs_bare": step / bare, "parameters": params, "trainable": trainable,
