@@ -45,12 +45,13 @@ def test_the_engine_axis_pairs_each_engine_with_the_first_and_trl_with_the_first
 def test_the_bench_runs_each_engine_through_the_grpo_module(tmp_path, capsys):
     out = tmp_path / "grpo.json"
     grpo_bench.main(["--no-trl", "--template", "chat", "--steps", "2", "--repeats", "1", "--engine", "auto", "hf",
-                     "--out", str(out)])
+                     "--micro-batch-size", "16", "--out", str(out)])
     res = json.loads(out.read_text())["chat"]
     (auto,), (hf,) = res["engines"]["auto"], res["engines"]["hf"]
     assert (auto["engine"], auto["decoder"]) == ("auto", "static KV cache")
     assert (hf["engine"], hf["decoder"]) == ("hf", "generic HF forward")
     assert res["step_ratio_vs_auto"]["hf"] == pytest.approx(hf["step_s"] / auto["step_s"])
+    assert res["workload"]["micro_batch_size"] == 16
     assert "engine hf:" in capsys.readouterr().out
 
 
@@ -92,7 +93,13 @@ def test_the_memory_worker_measures_both_training_passes(tmp_path):
     fused, plain = run_memory(model, w, "fused"), run_memory(model, w, "plain")
     assert fused["shape"] == plain["shape"] == [4, 8] and fused["vocab"] == 479
     assert fused["pass_peak_mb"] >= 0 and plain["pass_peak_mb"] >= 0 and fused["pass_s"] > 0
+    # with micro-batches the pass is one micro-batch's, as the step runs it
+    assert run_memory(model, {**w, "micro_batch_size": 2}, "fused")["shape"] == [2, 8]
 
+
+def test_the_micro_batch_must_divide_the_step():
+    with pytest.raises(SystemExit):
+        grpo_bench.main(["--no-trl", "--micro-batch-size", "5"])  # 64 sequences per step
 
 
 def test_the_r1lab_worker_trains_only_the_adapters_with_lora(tmp_path):

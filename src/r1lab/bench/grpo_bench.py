@@ -49,13 +49,19 @@ WORKLOAD = {
     "kl_estimator": "k3",
     "lr": 1e-5,
     "steps": 6,  # the first is a warm-up and is not counted
+    "bare_repeats": 3,  # timings of the bare model work (median)
     "threads": 2,
     "template": "r1_zero",
 }
 
 # The real model's workload: the step the issue of fitting SmolLM2 on a CPU is about (8 prompts x G 8 x
 # up to 128 tokens); two timed steps after a warm-up, one run each by default (a step takes minutes).
-REAL_WORKLOAD = {**WORKLOAD, "max_new_tokens": 128, "steps": 3}
+# The whole step's 64 sequences in one forward+backward hold ~16 GB of activations on SmolLM2 at 128
+# tokens (measured: the r1lab worker was killed for memory on a 24 GB machine), so both frameworks
+# train it in micro-batches of 16 sequences (gradient accumulation; r1lab's module.micro_batch_size,
+# TRL's per_device_train_batch_size with gradient_accumulation_steps).
+# One timing of the bare model work instead of three (each is minutes).
+REAL_WORKLOAD = {**WORKLOAD, "max_new_tokens": 128, "steps": 3, "micro_batch_size": 16, "bare_repeats": 1}
 BACKBONES = ("tiny", "smollm2_135m")
 
 # The two prompt sets the workload runs on, the two GRPO stages of the tiny pipeline.
@@ -160,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--group-size", type=int, default=None, help="G, completions per prompt (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="completion length limit (default 64; 128 on a real model)")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="sequences per forward/backward in both frameworks (gradient accumulation; default "
+                             "the whole step on the tiny model, 16 on a real one; 0 = the whole step)")
     parser.add_argument("--lora", type=int, default=0,
                         help="LoRA rank of both frameworks' policies (0 = full fine-tuning; r1lab's backbone.lora, "
                              "TRL's peft_config, the same target modules)")
@@ -194,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
                        ("group_size", args.group_size), ("max_new_tokens", args.max_new_tokens)):
         if value is not None:
             base[key] = value
+    if args.micro_batch_size is not None:
+        base["micro_batch_size"] = args.micro_batch_size or None
+    rows = base["prompts_per_step"] * base["group_size"]
+    if base.get("micro_batch_size") and (base["micro_batch_size"] < 1 or rows % base["micro_batch_size"]):
+        parser.error(f"--micro-batch-size must divide the step's {rows} sequences")
     repeats = args.repeats if args.repeats is not None else (1 if real else 3)
     if base["steps"] < 2 or repeats < 1:
         parser.error("--steps must be >= 2 (the first is a warm-up) and --repeats >= 1")

@@ -93,7 +93,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
                   rewards=RewardSet(functions={"accuracy": "accuracy", "format": "format"}),
                   group_size=w["group_size"], max_new_tokens=w["max_new_tokens"], beta=w["beta"],
                   kl_estimator=w["kl_estimator"], log_completions_every=0, evaluation={"k": 0},
-                  rollout={"engine": w.get("engine", "auto")})
+                  rollout={"engine": w.get("engine", "auto")}, micro_batch_size=w.get("micro_batch_size"))
     times, samples, tokens = [], [], []
 
     class Clock(L.Callback):
@@ -112,7 +112,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     trainer.fit(module, datamodule=dm)
     step = statistics.median(times[1:])
 
-    # The bare model work inside one step, on the same shapes (median of 3 timings each).
+    # The bare model work inside one step, on the same shapes (median of bare_repeats timings each).
     batch = next(iter(dm.train_dataloader()))
     ids = batch["prompt_ids"].repeat_interleave(w["group_size"], 0)
     mask = batch["prompt_mask"].repeat_interleave(w["group_size"], 0)
@@ -120,7 +120,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
 
     def timed(fn):
         runs = []
-        for _ in range(3):
+        for _ in range(w.get("bare_repeats", 3)):
             t0 = time.perf_counter()
             out = fn()
             runs.append(time.perf_counter() - t0)
@@ -128,11 +128,18 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
 
     decode_s, roll = timed(lambda: sample(policy, ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
                                           pad_id=tok.pad_token_id))
-    fwd_bwd_s, _ = timed(lambda: sequence_logprobs(policy, ids, mask, roll.completion_ids,
-                                                   roll.completion_mask).sum().backward())
+    micro = torch.arange(len(ids)).split(w.get("micro_batch_size") or len(ids))  # as the step runs them
+
+    def passes(model, backward: bool):
+        for rows in micro:
+            logp = sequence_logprobs(model, ids[rows], mask[rows], roll.completion_ids[rows],
+                                     roll.completion_mask[rows])
+            if backward:
+                logp.sum().backward()
+
+    fwd_bwd_s, _ = timed(lambda: passes(policy, True))
     with torch.no_grad():
-        ref_s, _ = timed(lambda: sequence_logprobs(module.reference, ids, mask, roll.completion_ids,
-                                                   roll.completion_mask))
+        ref_s, _ = timed(lambda: passes(module.reference, False))
     bare = decode_s + fwd_bwd_s + ref_s
     fallback = StaticCacheDecoder.unsupported(policy)
     # Model FLOPs of the training pass: 6 x parameters x the tokens it runs (each distinct prompt once,
@@ -182,6 +189,8 @@ def run_trl(model_dir: str, w: dict) -> dict:
         return [format_reward_strict("", c, {}) for c in completions]
 
     times, tokens = [], []
+    rows = w["prompts_per_step"] * w["group_size"]
+    micro = w.get("micro_batch_size") or rows
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *args, **kw):
@@ -197,8 +206,9 @@ def run_trl(model_dir: str, w: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = GRPOConfig(
             output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
-            per_device_train_batch_size=w["prompts_per_step"] * w["group_size"], num_generations=w["group_size"],
-            gradient_accumulation_steps=1, max_completion_length=w["max_new_tokens"], beta=w["beta"],
+            # one generation of every row per optimizer step, trained in micro-batches as r1lab's
+            per_device_train_batch_size=micro, num_generations=w["group_size"],
+            gradient_accumulation_steps=rows // micro, max_completion_length=w["max_new_tokens"], beta=w["beta"],
             learning_rate=w["lr"], max_steps=w["steps"], temperature=1.0, loss_type="grpo", num_iterations=1,
             seed=0, dataloader_num_workers=0,
             gradient_checkpointing=False,  # TRL's default (True) recomputes the forward in backward; r1lab does not
@@ -221,7 +231,8 @@ def run_trl(model_dir: str, w: dict) -> dict:
 
 
 def run_memory(model_dir: str, w: dict, mode: str) -> dict:
-    """Peak memory of one training pass (forward and backward) over a GRPO step's sequences: ``fused``
+    """Peak memory of one training pass (forward and backward) over a GRPO step's sequences (one
+    micro-batch of them with ``micro_batch_size``): ``fused``
     is r1lab's ``sequence_logprobs`` (the output layer and the log-softmax in row chunks), ``plain`` one
     forward that returns the full (B, T, V) logits and a log-softmax over them. Run each in its own
     process: the figure is the peak resident memory during the pass (VmHWM, reset just before it) minus what
@@ -241,6 +252,8 @@ def run_memory(model_dir: str, w: dict, mode: str) -> dict:
     ids, mask = left_pad([tok.prompt_ids(r["prompt"]) for r in _prompts(None, w["prompts_per_step"])],
                          backbone.tokenizer.pad_token_id)
     ids, mask = ids.repeat_interleave(w["group_size"], 0), mask.repeat_interleave(w["group_size"], 0)
+    micro = w.get("micro_batch_size") or len(ids)  # the pass of one micro-batch, as the step runs it
+    ids, mask = ids[:micro], mask[:micro]
     with torch.no_grad():
         roll = sample(model.eval(), ids, mask, max_new_tokens=w["max_new_tokens"], eos_id=-1,
                       pad_id=backbone.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
