@@ -112,6 +112,7 @@ def test_the_r1lab_worker_trains_only_the_adapters_with_lora(tmp_path):
     # rank 4 on the 7 projections of 4 layers: r x (in + out) each; hidden 128, kv 64, MLP 384
     per_layer = 4 * ((128 + 128) * 2 + (128 + 64) * 2 + (128 + 384) * 3)
     assert run["trainable"] == 4 * per_layer and run["parameters"] == 848_896 + 4 * per_layer
+    assert run["decoder"] == "static KV cache"  # the sampler unwraps the peft model and runs its adapters
 
 
 def test_the_bf16_bench_times_both_precisions_and_keeps_fp32_logprobs(tmp_path, capsys):

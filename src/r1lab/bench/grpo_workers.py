@@ -78,6 +78,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     from r1lab.data import R1DataModule
     from r1lab.data.tinyworld import TinyWorld
     from r1lab.generation import sample, sequence_logprobs
+    from r1lab.generation.adapters import unwrap
     from r1lab.generation.static_kv import StaticCacheDecoder
     from r1lab.models import Backbone
     from r1lab.modules.grpo import GRPO
@@ -141,7 +142,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
     with torch.no_grad():
         ref_s, _ = timed(lambda: passes(module.reference, False))
     bare = decode_s + fwd_bwd_s + ref_s
-    fallback = StaticCacheDecoder.unsupported(policy)
+    fallback = StaticCacheDecoder.unsupported(unwrap(policy))  # as the sampler sees it (a LoRA model too)
     # Model FLOPs of the training pass: 6 x parameters x the tokens it runs (each distinct prompt once,
     # with the shared-prompt forward, and every completion token up to its EOS).
     params = sum(p.numel() for p in policy.parameters())  # all of them: LoRA still runs every frozen matmul
