@@ -9,6 +9,7 @@ from the TensorBoard event files in each stage's folder.
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 COLUMNS = [
@@ -180,14 +181,11 @@ def started_from(folder: Path, stages: list[str]) -> str | None:
 
 def paired_gain(after: dict[str, float], before: dict[str, float]) -> tuple[float, float, int]:
     """Mean accuracy change over the prompts both stages answered, its standard error, and n."""
-    shared = sorted(set(after) & set(before))
-    diffs = [after[p] - before[p] for p in shared]
+    diffs = [after[p] - before[p] for p in sorted(set(after) & set(before))]
     n = len(diffs)
     if n < 2:
         return (diffs[0] if diffs else float("nan")), float("nan"), n
-    mean = sum(diffs) / n
-    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return mean, (var / n) ** 0.5, n
+    return statistics.fmean(diffs), statistics.stdev(diffs) / n ** 0.5, n
 
 
 def gain_lines(root: Path, stages: list[str]) -> list[str]:
