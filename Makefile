@@ -46,7 +46,7 @@ lint: $(STAMP) ## ruff
 PIPELINE ?= tiny
 PIPE := $(BIN)/python -m r1lab.pipeline --pipeline $(PIPELINE)
 
-pipeline: $(STAMP) ## the whole tiny R1 pipeline, results table and plots (skips finished stages; FORCE=1 redoes)
+pipeline: $(STAMP) ## the whole R1 pipeline (tiny; PIPELINE=smol on SmolLM2-135M-Instruct), results table and plots (skips finished stages; FORCE=1 redoes)
 	$(PIPE) $(if $(FORCE),--force) $(ARGS)
 
 base: $(STAMP) ## stage: pretrain the tiny base model on its prose corpus

@@ -121,7 +121,7 @@ def run_r1lab(model_dir: str, w: dict) -> dict:
 
     def timed(fn):
         runs = []
-        for _ in range(w.get("bare_repeats", 3)):
+        for _ in range(w["bare_repeats"]):
             t0 = time.perf_counter()
             out = fn()
             runs.append(time.perf_counter() - t0)
