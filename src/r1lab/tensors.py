@@ -17,6 +17,12 @@ def positions_from_mask(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def last_token_index(mask: Tensor) -> Tensor:
+    """(B,) index of each row's last position with mask 1 (0 for an empty row); left or right padding."""
+    positions = torch.arange(mask.shape[-1], device=mask.device)  # (T,)
+    return (positions * (mask > 0)).argmax(-1)
+
+
 def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     """Mean of ``x`` over the positions where ``mask`` is 1; 0 where there are none (never NaN).
 

@@ -12,7 +12,10 @@ No value model. The per-token log-probs at sampling time are π_old (they matter
 rollout is split into several mini-batches; with one step per rollout ρ = 1 in value, not in
 gradient). The frozen reference model exists only when β > 0 and can be reset to the policy every N
 rollouts (R1 resets it every 400 steps). Where this departs from the papers, the knob says so:
-clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO).
+clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO), the
+critic-free estimators RLOO and REINFORCE++ in place of group normalisation (``estimator``), and the KL
+as a per-token penalty in the reward instead of the loss (``kl_in: reward``). PPO (``modules/ppo.py``)
+is this class with a value model and GAE: the same rollout, loss and μ/mini-batch loop.
 
 Lightning's ``trainer.max_steps`` counts optimizer steps: μ × mini_batches per rollout.
 """
@@ -29,8 +32,23 @@ from r1lab.evaluation import examples_markdown
 from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule
 from r1lab.rewards.compose import RewardSet
-from r1lab.rl import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
+from r1lab.rl import (
+    ADVANTAGE_SCALES,
+    AGGREGATIONS,
+    KL_ESTIMATORS,
+    discounted_returns,
+    group_advantages,
+    grpo_loss,
+    kl_estimate,
+    rloo_advantages,
+    token_rewards,
+    whiten,
+)
 from r1lab.tensors import masked_mean
+
+
+ESTIMATORS = ("group", "rloo", "reinforce_pp")
+KL_PLACES = ("loss", "reward")
 
 
 class GRPO(PolicyModule):
@@ -45,7 +63,11 @@ class GRPO(PolicyModule):
         kl_estimator: k1 | k2 | k3 (Schulman 2020; GRPO uses k3, in the loss).
         ref_reset_every: copy the policy into the reference every N rollouts (R1: 400; 0 = never).
         clip_low, clip_high: ε of the clipped ratio; clip_high > clip_low is DAPO's clip-higher.
-        advantage_scale: group (GRPO) | batch | none (Dr. GRPO, arXiv 2503.20783).
+        advantage_scale: group (GRPO) | batch | none (Dr. GRPO, arXiv 2503.20783); for ``estimator: group``.
+        estimator: group (GRPO's normalisation, arXiv 2402.03300) | rloo (leave-one-out baseline,
+            arXiv 2402.14740) | reinforce_pp (batch-normalised returns, arXiv 2501.03262).
+        kl_in: loss (GRPO: β·D in the loss) | reward (InstructGPT/REINFORCE++/PPO: −β·D in each token's
+            reward, so the advantages carry it and the loss has none).
         aggregation: seq_mean_token_mean (GRPO) | token_mean (DAPO, arXiv 2503.14476) |
             seq_sum_norm (Dr. GRPO), each normalised over the whole mini-batch on all devices.
         mask_truncated: leave completions without EOS out of the loss (DAPO's overlong filtering).
@@ -54,6 +76,8 @@ class GRPO(PolicyModule):
     """
 
     not_hparams = (*PolicyModule.not_hparams, "rewards")  # reward functions are objects, not plain data
+    estimators: tuple[str, ...] = ESTIMATORS
+    min_group_size = 2  # G >= 2: a group needs a spread
 
     def __init__(
         self,
@@ -75,6 +99,8 @@ class GRPO(PolicyModule):
         clip_low: float = 0.2,
         clip_high: float = 0.2,
         advantage_scale: str = "group",
+        estimator: str = "group",
+        kl_in: str = "loss",
         aggregation: str = "seq_mean_token_mean",
         mask_truncated: bool = False,
         max_grad_norm: float | None = 1.0,
@@ -86,7 +112,7 @@ class GRPO(PolicyModule):
         super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if rewards is None:
             raise ValueError("module.rewards: GRPO needs at least one reward function")
-        check_number("module.group_size", group_size, 2, integer=True)  # G >= 2: a group needs a spread
+        check_number("module.group_size", group_size, self.min_group_size, integer=True)
         check_number("module.num_iterations", num_iterations, 1, integer=True)
         check_number("module.mini_batches", mini_batches, 1, integer=True)
         check_number("module.micro_batch_size", micro_batch_size, 1, integer=True, allow_none=True)
@@ -97,6 +123,10 @@ class GRPO(PolicyModule):
         check_number("module.clip_low", clip_low, 0.0, 1.0)
         check_number("module.clip_high", clip_high, 0.0)
         check_choice("module.advantage_scale", advantage_scale, ADVANTAGE_SCALES)
+        check_choice("module.estimator", estimator, self.estimators)
+        check_choice("module.kl_in", kl_in, KL_PLACES)
+        if estimator in ("group", "rloo") and group_size < 2:
+            raise ValueError(f"module.group_size: estimator {estimator!r} needs a group of at least 2, got {group_size}")
         check_choice("module.aggregation", aggregation, AGGREGATIONS)
         check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
         self.automatic_optimization = False
@@ -107,6 +137,7 @@ class GRPO(PolicyModule):
         self.beta, self.kl_estimator, self.ref_reset_every = beta, kl_estimator, ref_reset_every
         self.clip_low, self.clip_high = clip_low, clip_high
         self.advantage_scale, self.aggregation, self.mask_truncated = advantage_scale, aggregation, mask_truncated
+        self.estimator, self.kl_in = estimator, kl_in
         self.max_grad_norm, self.log_completions_every, self.seed = max_grad_norm, log_completions_every, seed
         self.reference: torch.nn.Module | None = None
         self.rollouts_done = 0
@@ -156,7 +187,7 @@ class GRPO(PolicyModule):
         return total.to(self.device).float(), {k: v.to(self.device).float() for k, v in per_function.items()}
 
     def _global(self, value: torch.Tensor) -> torch.Tensor:
-        if self.trainer.world_size == 1:
+        if self._trainer is None or self.trainer.world_size == 1:
             return value.float()
         return self.trainer.strategy.reduce(value.float(), reduce_op="sum")
 
@@ -185,10 +216,17 @@ class GRPO(PolicyModule):
                     loss, metrics = grpo_loss(
                         logp, roll["old_logp"][micro], advantages[micro], roll["loss_mask"][micro],
                         ref_logp=None if roll["ref_logp"] is None else roll["ref_logp"][micro],
-                        beta=self.beta, kl_estimator=self.kl_estimator, clip_low=self.clip_low,
-                        clip_high=self.clip_high, aggregation=self.aggregation, num_sequences=num_sequences,
-                        num_tokens=num_tokens, max_len=self.max_new_tokens,
+                        beta=self.beta if self.kl_in == "loss" else 0.0, kl_estimator=self.kl_estimator,
+                        clip_low=self.clip_low, clip_high=self.clip_high, aggregation=self.aggregation,
+                        num_sequences=num_sequences, num_tokens=num_tokens, max_len=self.max_new_tokens,
                     )
+                    if self.kl_in == "reward" and roll["ref_logp"] is not None:  # reported, not in the loss
+                        metrics["kl"] = masked_mean(kl_estimate(logp.detach(), roll["ref_logp"][micro],
+                                                                self.kl_estimator), roll["loss_mask"][micro])
+                    extra, extra_metrics = self.auxiliary_loss(roll, micro, num_tokens)
+                    if extra is not None:
+                        loss = loss * float(self.trains_policy()) + extra
+                        metrics |= extra_metrics
                     if not finite or not self.finite_or_skip("train/loss", loss):
                         finite = False  # no backward of a NaN: this optimiser step is skipped
                         continue
@@ -201,13 +239,55 @@ class GRPO(PolicyModule):
                     count += 1
                 if not finite or not self.finite_or_skip("the gradient norm", self.gradient_norm()):
                     self.drop_gradients()  # the optimiser leaves every weight as it is
-                elif self.max_grad_norm:
-                    self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                else:
+                    self.clip_all_gradients(opt)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 if sched is not None:
                     sched.step()
         return {k: torch.tensor(v / max(count, 1)) for k, v in sums.items()}
+
+    # -- hooks that PPO fills in (modules/ppo.py) ----------------------------------------------
+    def auxiliary_loss(self, roll: dict, micro: torch.Tensor, num_tokens: torch.Tensor):
+        """A loss added to the policy's in each micro-batch (PPO: the value loss); None here."""
+        return None, {}
+
+    def trains_policy(self) -> bool:
+        """False while only an auxiliary model trains (PPO's critic warm-up)."""
+        return True
+
+    def clip_all_gradients(self, opt) -> None:
+        if self.max_grad_norm:
+            self.clip_gradients(opt, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+
+    def whole_batch_totals(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(count, sum, sum of squares) of ``x`` on the mask over every device: ``whiten``'s statistics."""
+        m = mask.float()
+        return tuple(self._global(v) for v in (m.sum(), (x * m).sum(), (x * x * m).sum()))
+
+    def token_rewards(self, roll: dict, rewards: torch.Tensor) -> torch.Tensor:
+        """(N, T) rewards per token: the outcome at the last one, −β·D at each with ``kl_in: reward``."""
+        kl = None
+        if self.kl_in == "reward" and roll["ref_logp"] is not None:
+            kl = kl_estimate(roll["old_logp"], roll["ref_logp"], self.kl_estimator)  # (N, T)
+        return token_rewards(rewards, roll["completion_mask"], kl, self.beta)
+
+    def compute_advantages(self, roll: dict, rewards: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Â from the rollout's rewards by ``estimator``: (N,) per completion or (N, T) per token.
+
+        With ``kl_in: reward`` each token's reward carries −β·D (``token_rewards``): group and RLOO
+        see its sum per completion (RLOO's sequence-level KL-penalised reward), REINFORCE++ its return
+        at each token.
+        """
+        mask = roll["loss_mask"]
+        per_token = self.token_rewards(roll, rewards)  # (N, T)
+        if self.estimator == "reinforce_pp":
+            returns = discounted_returns(per_token, mask)
+            return whiten(returns, mask, self.whole_batch_totals(returns, mask)), {}
+        sequence = per_token.sum(-1) if self.kl_in == "reward" else rewards  # (N,)
+        if self.estimator == "rloo":
+            return rloo_advantages(sequence, self.G), {}
+        return group_advantages(sequence, self.G, scale=self.advantage_scale), {}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         t0 = time.perf_counter()
@@ -217,7 +297,7 @@ class GRPO(PolicyModule):
         roll = self.rollout(batch)
         t_sample = time.perf_counter() - t0
         rewards, per_function = self.score(roll)
-        advantages = group_advantages(rewards, self.G, scale=self.advantage_scale)  # (B·G,)
+        advantages, advantage_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
         advantages, engine_log = self.engine_correction(roll, advantages)  # engines with their own weights
         loss_metrics = self.policy_update(roll, advantages)
@@ -242,7 +322,7 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
-        log |= engine_log
+        log |= engine_log | advantage_log
         if self.nonfinite == "skip":
             log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
@@ -287,4 +367,5 @@ class GRPO(PolicyModule):
         ratio = delta.exp()
         log |= {"train/tis_weight_mean": masked_mean(ratio.clamp(max=cap), mask),
                 "train/tis_clipped": masked_mean((ratio > cap).float(), mask)}
-        return advantages.unsqueeze(-1) * ratio.clamp(max=cap) * mask, log
+        per_token = advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)  # (N, T) or (N, 1)
+        return per_token * ratio.clamp(max=cap) * mask, log

@@ -32,7 +32,7 @@ from transformers import AutoModelForSequenceClassification
 
 from r1lab.data.collate import IGNORE
 from r1lab.models.backbone import DTYPES, Backbone, enable_checkpointing
-from r1lab.tensors import positions_from_mask, token_logprobs
+from r1lab.tensors import last_token_index, positions_from_mask, token_logprobs
 
 SETTINGS_FILE = "r1lab_reward.json"  # how the exported reward model tokenizes (template, limits) and its kind
 KINDS = ("scalar", "likelihood")
@@ -87,12 +87,6 @@ def reward_head(model: torch.nn.Module) -> torch.nn.Module:
     if head is None:
         raise ValueError(f"{type(model).__name__} has neither a `score` nor a `classifier` head")
     return head
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of each row's last position with mask 1; works for left and right padding."""
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)  # (T,)
-    return (positions * (attention_mask > 0)).argmax(-1)
 
 
 def sequence_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
