@@ -46,7 +46,6 @@ from r1lab.rl import (
 )
 from r1lab.tensors import masked_mean
 
-
 ESTIMATORS = ("group", "rloo", "reinforce_pp")
 KL_PLACES = ("loss", "reward")
 
@@ -126,7 +125,7 @@ class GRPO(PolicyModule):
         check_choice("module.estimator", estimator, self.estimators)
         check_choice("module.kl_in", kl_in, KL_PLACES)
         if estimator in ("group", "rloo") and group_size < 2:
-            raise ValueError(f"module.group_size: estimator {estimator!r} needs a group of at least 2, got {group_size}")
+            raise ValueError(f"module.group_size: estimator {estimator!r} needs a group of 2 or more, got {group_size}")
         check_choice("module.aggregation", aggregation, AGGREGATIONS)
         check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
         self.automatic_optimization = False
