@@ -204,3 +204,26 @@ def test_bad_ppo_settings_fail_naming_the_key(tiny_backbone, override, message):
 def test_grpo_refuses_rloo_with_a_group_of_one(tiny_backbone):
     with pytest.raises(ValueError, match="module.group_size"):
         _ppo(tiny_backbone, cls=GRPO, estimator="rloo", group_size=1)
+
+
+@pytest.mark.ddp
+def test_ppo_stage_under_ddp_with_two_cpu_processes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    args = ["stage=ppo", "backbone=tiny", "backbone.name_or_path=null", "debug=fast", "trainer=ddp_sim",
+            "callbacks.progress_bar=null", "data.source.sizes={train:64,val:8,test:8}", "module.group_size=2",
+            "module.max_new_tokens=8", f"hydra.run.dir={tmp_path}/run"]
+    proc = subprocess.run([sys.executable, "-m", "r1lab.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert {"train/reward", "train/value_loss", "train/explained_variance", "test/accuracy"} <= set(metrics)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4 and ckpt["grpo_rollouts_done"] == 4
+    assert any(k.startswith("critic.") for k in ckpt["state_dict"])

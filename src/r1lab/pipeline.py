@@ -17,7 +17,9 @@ Pipeline files may build on each other and repeat stages:
 - ``rounds: N`` with ``round: [stages]`` repeats a group of stages N times (iterative RL): in a round,
   ``{r}`` is its number and each name in ``carry`` (e.g. ``{policy}``) is what the previous round
   produced, ``start`` giving the first round's;
-- ``reads: <pipeline>`` names the pipeline whose outputs ``{inputs}`` points at.
+- ``reads: <pipeline>`` names the pipeline whose outputs ``{inputs}`` points at;
+- ``compare: [methods]``: after the report, ``r1lab.compare`` sets the runs ``<method>_s<seed>`` side by
+  side over seeds (a pipeline whose rounds are seeds: ``conf/pipeline/ppo_vs_grpo.yaml``).
 
 Placeholders in a stage's ``args``: ``{dir}`` (this pipeline's folder), ``{inputs}``, ``{out}`` (the
 stage's own folder), ``{python}``; a ``run: [argv]`` stage runs a command instead (``done`` names the
@@ -69,6 +71,7 @@ class Pipeline:
     stages: list[Stage]
     overrides: list[str] = field(default_factory=list)
     reads: str | None = None
+    compare: list[str] = field(default_factory=list)  # methods whose <method>_s<seed> runs r1lab.compare shows
 
 
 def _pipeline_file(name_or_path: str) -> Path:
@@ -104,7 +107,7 @@ def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
     path = _pipeline_file(name_or_path)
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     unknown = set(spec) - {"name", "about", "overrides", "stages", "extends", "stage_args", "rounds", "round",
-                           "start", "carry", "reads"}
+                           "start", "carry", "reads", "compare"}
     if unknown:
         raise PipelineError(f"{path}: unknown key(s) {sorted(unknown)}")
     if "extends" in spec:
@@ -135,7 +138,8 @@ def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PipelineError(f"{path}: stage names repeat ({', '.join(names)})")
-    return Pipeline(spec.get("name", path.stem), path, stages, overrides, spec.get("reads"))
+    return Pipeline(spec.get("name", path.stem), path, stages, overrides, spec.get("reads"),
+                    list(spec.get("compare") or []))
 
 
 def _command(stage: Stage, pipeline: Pipeline, root: Path, folder: Path, extra: list[str]) -> list[str]:
@@ -144,7 +148,7 @@ def _command(stage: Stage, pipeline: Pipeline, root: Path, folder: Path, extra: 
     if stage.run is not None:
         return [_fill(a, values) for a in stage.run]
     # the pipeline's overrides, then the stage's own (the more specific wins), then the command line's
-    args = [f"stage={stage.stage or stage.name}", *pipeline.overrides, *(_fill(a, values) for a in stage.args),
+    args = [f"stage={stage.stage or stage.name}", *(_fill(a, values) for a in [*pipeline.overrides, *stage.args]),
             *extra]
     return [sys.executable, "-m", "r1lab.train", *args, f"pipeline_name={pipeline.name}",
             f"paths.output_root={root.parents[1]}", f"hydra.run.dir={folder}"]
@@ -201,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default="tiny", help="conf/pipeline/<name>.yaml or a YAML path")
     parser.add_argument("--stage", action="append", help="run only this stage (repeatable)")
+    parser.add_argument("--until", help="run the stages up to and including this one (finished ones are skipped)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of a repeated pipeline (iterative RL)")
     parser.add_argument("--force", action="store_true", help="redo stages that are finished")
     parser.add_argument("--fresh", action="store_true", help="start interrupted stages over instead of resuming them")
@@ -217,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     for wanted in args.stage or []:
         if wanted not in names:
             parser.error(f"--stage: no stage {wanted!r} in {pipeline.path} (stages: {', '.join(names)})")
+    if args.until is not None and args.until not in names:
+        parser.error(f"--until: no stage {args.until!r} in {pipeline.path} (stages: {', '.join(names)})")
     selected = [s for s in pipeline.stages if not args.stage or s.name in args.stage]
+    if args.until is not None:
+        selected = selected[:[s.name for s in selected].index(args.until) + 1]
     try:
         for stage in selected:
             run_stage(stage, pipeline, root, force=args.force or bool(args.stage), extra=args.overrides,
@@ -225,11 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as e:
         print(f"[pipeline] {e}", file=sys.stderr, flush=True)
         return 1
-    if not args.no_report and not args.stage:
+    if not args.no_report and not args.stage and args.until is None:
         from r1lab.report import write_report
 
         table = write_report(root, names)
         print(table)
+        if pipeline.compare:
+            from r1lab.compare import write_comparison
+
+            print(write_comparison(root, pipeline.compare))
     return 0
 
 

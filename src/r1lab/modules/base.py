@@ -73,6 +73,16 @@ def replace_folder(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """The run's peak memory so far, in GB: the accelerator's allocated peak on CUDA, else the
+    process's peak resident set (``ru_maxrss``: every model, optimiser state and activation held)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # KiB on Linux
+
+
 def _metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 

@@ -30,7 +30,7 @@ import torch
 from r1lab.checks import check_choice, check_number
 from r1lab.evaluation import examples_markdown
 from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
-from r1lab.modules.base import PolicyModule
+from r1lab.modules.base import PolicyModule, peak_memory_gb
 from r1lab.rewards.compose import RewardSet
 from r1lab.rl import (
     ADVANTAGE_SCALES,
@@ -312,6 +312,8 @@ class GRPO(PolicyModule):
             "train/tokens_per_s": torch.tensor(lengths.sum().item() / max(t_sample, 1e-9)),
             "train/step_s": torch.tensor(elapsed), "train/sample_share": torch.tensor(t_sample / elapsed),
             "train/score_share": torch.tensor(t_score / elapsed),
+            "train/peak_memory_gb": torch.tensor(peak_memory_gb(self.device)),
+            "train/params_in_memory": torch.tensor(float(sum(p.numel() for p in self.parameters()))),
         }
         log |= {f"train/reward/{k}": v.mean() for k, v in per_function.items()}
         for f in self.rewards.functions:  # a neural reward's raw score: its normalised mean is ~0 by design
