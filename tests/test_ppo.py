@@ -227,3 +227,31 @@ def test_ppo_stage_under_ddp_with_two_cpu_processes(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and ckpt["grpo_rollouts_done"] == 4
     assert any(k.startswith("critic.") for k in ckpt["state_dict"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["rloo", "reinforce_pp"])
+def test_the_critic_free_estimators_raise_the_mean_reward(tiny_backbone, tokenizer, estimator):
+    torch.manual_seed(0)
+    module = _ppo(tiny_backbone, cls=GRPO, estimator=estimator, group_size=8)
+    record = Record("train/reward")
+    _fit(module, _data(tokenizer, prompts_per_step=4), steps=25, callbacks=[record])
+    rewards = record.values["train/reward"]
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+
+
+def test_the_critic_can_start_from_a_scalar_reward_models_export(tiny_backbone, tmp_path):
+    from r1lab.rm.model import build_reward_model, reward_head
+
+    rm = build_reward_model(tiny_backbone)
+    torch.nn.init.constant_(reward_head(rm).weight, 0.01)
+    rm.save_pretrained(tmp_path / "rm")
+    tiny_backbone.tokenizer.save_pretrained(tmp_path / "rm")
+    module = _ppo(tiny_backbone, critic={"source": "reward_model", "path": str(tmp_path / "rm")})
+    module.configure_model()
+    assert torch.equal(reward_head(module.critic.model).weight, reward_head(rm).weight)
+    prompt, completion = torch.randint(5, 400, (1, 4)), torch.randint(5, 400, (1, 3))
+    values = module.critic(prompt, torch.ones_like(prompt), completion, torch.ones_like(completion))
+    assert values.shape == (1, 3) and torch.count_nonzero(values) == 3
+    with pytest.raises(ValueError, match="module.critic.path: .* is not a scalar reward model"):
+        _ppo(tiny_backbone, critic={"source": "reward_model", "path": str(tmp_path)}).configure_model()
