@@ -12,7 +12,8 @@ No value model. The per-token log-probs at sampling time are π_old (they matter
 rollout is split into several mini-batches; with one step per rollout ρ = 1 in value, not in
 gradient). The frozen reference model exists only when β > 0 and can be reset to the policy every N
 rollouts (R1 resets it every 400 steps). Where this departs from the papers, the knob says so:
-clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO).
+clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO),
+process supervision (DeepSeekMath §4.1.3: ``supervision``, ``compute_advantages``).
 
 Lightning's ``trainer.max_steps`` counts optimizer steps: μ × mini_batches per rollout.
 """
@@ -29,7 +30,9 @@ from r1lab.evaluation import examples_markdown
 from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule
 from r1lab.rewards.compose import RewardSet
+from r1lab.rewards.steps import RuleStepReward, split_steps, step_pattern, token_spans
 from r1lab.rl import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
+from r1lab.rl.process import SUPERVISIONS, combined_advantages, pad_steps
 from r1lab.tensors import masked_mean
 
 
@@ -51,9 +54,17 @@ class GRPO(PolicyModule):
         mask_truncated: leave completions without EOS out of the loss (DAPO's overlong filtering).
         max_grad_norm: gradient clipping (manual optimisation clips here, not in the trainer).
         seed: base seed of the rollout sampler (combined with the step and the rank).
+        supervision: outcome (one advantage per completion, §4.1.2) | process (per-token advantages
+            from step rewards, DeepSeekMath arXiv 2402.03300 §4.1.3) | both (their sum; see
+            ``r1lab.rl.process.combined_advantages``).
+        step_rule: how a completion's chain of thought is cut into steps: line | sentence | a regex
+            whose matches are the steps (``r1lab.rewards.steps.split_steps``).
+        step_rewards: the source of step rewards, an object with ``score_steps(prompts, completions,
+            references, spans)``: the tiny world's rule verifier (default) or a process reward model
+            (``r1lab.rm.ProcessReward``). Used only when supervision is not outcome.
     """
 
-    not_hparams = (*PolicyModule.not_hparams, "rewards")  # reward functions are objects, not plain data
+    not_hparams = (*PolicyModule.not_hparams, "rewards", "step_rewards")  # reward functions are objects, not plain data
 
     def __init__(
         self,
@@ -82,6 +93,9 @@ class GRPO(PolicyModule):
         seed: int = 0,
         rollout: dict | None = None,
         nonfinite: str = "stop",
+        supervision: str = "outcome",
+        step_rule: str = "sentence",
+        step_rewards=None,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if rewards is None:
@@ -99,6 +113,16 @@ class GRPO(PolicyModule):
         check_choice("module.advantage_scale", advantage_scale, ADVANTAGE_SCALES)
         check_choice("module.aggregation", aggregation, AGGREGATIONS)
         check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
+        check_choice("module.supervision", supervision, SUPERVISIONS)
+        try:
+            step_pattern(step_rule)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"module.step_rule: {error}") from None
+        if step_rewards is not None and not hasattr(step_rewards, "score_steps"):
+            raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
+                             "references, spans)")
+        self.supervision, self.step_rule = supervision, step_rule
+        self.step_rewards = RuleStepReward() if step_rewards is None else step_rewards
         self.automatic_optimization = False
         self.rewards = rewards
         self.G, self.mu = group_size, num_iterations
@@ -217,7 +241,7 @@ class GRPO(PolicyModule):
         roll = self.rollout(batch)
         t_sample = time.perf_counter() - t0
         rewards, per_function = self.score(roll)
-        advantages = group_advantages(rewards, self.G, scale=self.advantage_scale)  # (B·G,)
+        advantages, step_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
         advantages, engine_log = self.engine_correction(roll, advantages)  # engines with their own weights
         loss_metrics = self.policy_update(roll, advantages)
@@ -242,7 +266,7 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
-        log |= engine_log
+        log |= engine_log | step_log
         if self.nonfinite == "skip":
             log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
@@ -252,6 +276,60 @@ class GRPO(PolicyModule):
             rows = [{"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": float(c)}
                     for r, t, c in zip(roll["records"][:: self.G], roll["texts"][:: self.G], correct[:: self.G])]
             self._log_text("train/completions", examples_markdown(rows[:4]))
+
+    # -- process supervision (DeepSeekMath §4.1.3) ----------------------------------------------
+    def compute_advantages(self, roll: dict, rewards: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Advantages of the rollout under ``self.supervision`` and the step metrics.
+
+        outcome: ``group_advantages`` (B·G,), exactly as without process supervision, and no step
+        metrics. process / both: per-token advantages (B·G, T) from the step rewards
+        (``r1lab.rl.process.combined_advantages``), and ``train/step_reward`` (mean reward of a
+        step), ``train/all_steps_correct`` (share of completions with at least one step, every step's
+        reward > 0.5), ``train/steps`` (steps per completion).
+        """
+        if self.supervision == "outcome":
+            return group_advantages(rewards, self.G, scale=self.advantage_scale), {}
+        steps = self.step_scores(roll)
+        advantages = combined_advantages(
+            self.supervision, rewards, self.G, seq_len=roll["completion_ids"].shape[1],
+            scale=self.advantage_scale, step_rewards=steps["rewards"], step_end_index=steps["ends"],
+            step_mask=steps["mask"],
+        )
+        real = steps["mask"] & steps["real"].unsqueeze(-1)  # (B·G, K) steps the splitter found
+        right = ((steps["rewards"] > 0.5) | ~steps["mask"]).all(-1) & steps["real"]  # (B·G,)
+        log = {"train/step_reward": steps["rewards"][real].mean() if real.any() else torch.tensor(0.0),
+               "train/all_steps_correct": right.float().mean(), "train/steps": real.sum(-1).float().mean()}
+        return advantages, log
+
+    @torch.no_grad()
+    def step_scores(self, roll: dict) -> dict[str, torch.Tensor]:
+        """The steps of every completion, their rewards and end tokens, padded (cached in ``roll``):
+        ``rewards``, ``ends``, ``mask`` (B·G, K) and ``real`` (B·G,), False for a completion in which
+        the splitter found no step. Such a completion gets one step ending at its last token with
+        reward 0: no verifier credits reasoning it cannot see, and a completion must not escape the
+        process reward by writing no steps."""
+        if "steps" in roll:
+            return roll["steps"]
+        eos = self.tokenizer.eos_token_id
+        rows = [[t for t, m in zip(ids, mask) if m and t != eos]
+                for ids, mask in zip(roll["completion_ids"].tolist(), roll["completion_mask"].tolist())]
+        spans = [split_steps(text, self.step_rule) for text in roll["texts"]]
+        prompts = [r["prompt"] for r in roll["records"]]
+        scores = self.step_rewards.score_steps(prompts, roll["texts"], roll["records"], spans)
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731 -- as decode_texts
+        lengths = roll["completion_mask"].sum(-1).tolist()
+        rewards, ends = [], []
+        for row, span, score, length in zip(rows, spans, scores, lengths):
+            if span:
+                rewards.append([float(x) for x in score])
+                ends.append([last for _, last in token_spans(span, row, decode)])
+            else:
+                rewards.append([0.0])
+                ends.append([max(int(length) - 1, 0)])
+        r, e, m = pad_steps(rewards, ends)
+        roll["steps"] = {"rewards": r.to(self.device), "ends": e.to(self.device), "mask": m.to(self.device),
+                         "real": torch.tensor([bool(s) for s in spans], device=self.device)}
+        return roll["steps"]
 
     # -- the train/inference mismatch of an engine with its own weights (vLLM) ------------------
     @torch.no_grad()
@@ -287,4 +365,5 @@ class GRPO(PolicyModule):
         ratio = delta.exp()
         log |= {"train/tis_weight_mean": masked_mean(ratio.clamp(max=cap), mask),
                 "train/tis_clipped": masked_mean((ratio > cap).float(), mask)}
-        return advantages.unsqueeze(-1) * ratio.clamp(max=cap) * mask, log
+        per_token = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages  # (N, 1) or (N, T)
+        return per_token * ratio.clamp(max=cap) * mask, log

@@ -149,3 +149,15 @@ def arithmetic_step_labels(prompt: str, completion: str, reference: dict, rule: 
             f"(prompt {prompt[:60]!r}) has no rule-checkable steps: use a process reward model or outcome supervision")
     spans = split_steps(completion, rule) if spans is None else spans
     return [float(j < len(chain) and parse_equation(completion[a:b]) == chain[j]) for j, (a, b) in enumerate(spans)]
+
+
+class RuleStepReward:
+    """The rule verifier as GRPO's step-reward source (``module.step_rewards``):
+    ``score_steps(prompts, completions, references, spans) -> one list of 0/1 rewards per completion``."""
+
+    def score_steps(self, prompts: list[str], completions: list[str], references: list[dict],
+                    spans: list[list[tuple[int, int]]]) -> list[list[float]]:
+        return [arithmetic_step_labels(p, c, r, spans=s) for p, c, r, s in zip(prompts, completions, references, spans)]
+
+    def __repr__(self) -> str:
+        return "RuleStepReward(tiny-world arithmetic)"
