@@ -32,6 +32,7 @@ from r1lab.modules.base import PolicyModule
 from r1lab.rewards.compose import RewardSet
 from r1lab.rewards.steps import RuleStepReward, split_steps, step_pattern, token_spans
 from r1lab.rl import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
+from r1lab.rl.dynamic import concat_rollouts, informative_groups, select_groups, take_rows
 from r1lab.rl.process import SUPERVISIONS, combined_advantages, pad_steps
 from r1lab.tensors import masked_mean
 
@@ -62,6 +63,13 @@ class GRPO(PolicyModule):
         step_rewards: the source of step rewards, an object with ``score_steps(prompts, completions,
             references, spans)``: the tiny world's rule verifier (default) or a process reward model
             (``r1lab.rm.ProcessReward``). Used only when supervision is not outcome.
+        dynamic_sampling: DAPO's dynamic sampling (arXiv 2503.14476, §3.2): drop groups whose
+            advantages are all 0 (rewards without spread) and fill the batch with informative ones
+            (``_dynamic_rollout``). The loader's batch (``data.batch_size``) is then the pool of
+            candidate prompts of a step, of which ``dynamic_sampling_prompts`` groups are trained.
+        dynamic_sampling_prompts: B, groups trained per step under dynamic sampling (<= the pool).
+        dynamic_sampling_max_rollouts: the most completions sampled per step beyond B·G (None: as
+            many as the pool holds).
     """
 
     not_hparams = (*PolicyModule.not_hparams, "rewards", "step_rewards")  # reward functions are objects, not plain data
@@ -96,6 +104,9 @@ class GRPO(PolicyModule):
         supervision: str = "outcome",
         step_rule: str = "sentence",
         step_rewards=None,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_prompts: int = 8,
+        dynamic_sampling_max_rollouts: int | None = None,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if rewards is None:
@@ -122,6 +133,13 @@ class GRPO(PolicyModule):
             raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
                              "references, spans)")
         self.supervision, self.step_rule = supervision, step_rule
+        if not isinstance(dynamic_sampling, bool):
+            raise ValueError(f"module.dynamic_sampling: must be true or false, got {dynamic_sampling!r}")
+        check_number("module.dynamic_sampling_prompts", dynamic_sampling_prompts, 1, integer=True)
+        check_number("module.dynamic_sampling_max_rollouts", dynamic_sampling_max_rollouts, 0, integer=True,
+                     allow_none=True)
+        self.dynamic_sampling, self.dynamic_prompts = dynamic_sampling, dynamic_sampling_prompts
+        self.dynamic_max_rollouts = dynamic_sampling_max_rollouts
         self.step_rewards = RuleStepReward() if step_rewards is None else step_rewards
         self.automatic_optimization = False
         self.rewards = rewards
@@ -153,12 +171,14 @@ class GRPO(PolicyModule):
 
     # -- the three phases of a step ------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, batch: dict) -> dict:
-        """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks)."""
+    def rollout(self, batch: dict, round_: int = 0) -> dict:
+        """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks).
+        ``round_`` > 0: a further round of dynamic sampling in the same step (its own seed stream)."""
         records = [r for r in batch["records"] for _ in range(self.G)]
         self.engine.sync_weights()
+        stream = self.global_rank + (round_ * self.trainer.world_size if round_ else 0)
         out = self.engine.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, n=self.G,
-                                   seed=mix_seed(self.seed, self.rollouts_done, self.global_rank))
+                                   seed=mix_seed(self.seed, self.rollouts_done, stream))
         prompt_ids, prompt_mask = out.prompt_ids, out.prompt_mask  # (B·G, P): each prompt G times
         mask = out.completion_mask.float()  # (B·G, T)
         if self.mask_truncated:
@@ -175,6 +195,8 @@ class GRPO(PolicyModule):
         }
 
     def score(self, roll: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "rewards" in roll:  # scored while sampling (dynamic sampling)
+            return roll.pop("rewards"), roll.pop("per_function")
         prompts = [r["prompt"] for r in roll["records"]]
         total, per_function = self.rewards.score(prompts, roll["texts"], roll["records"])
         return total.to(self.device).float(), {k: v.to(self.device).float() for k, v in per_function.items()}
@@ -238,8 +260,8 @@ class GRPO(PolicyModule):
         if self.reference is not None and self.ref_reset_every and self.rollouts_done \
                 and self.rollouts_done % self.ref_reset_every == 0:
             self.reference.load_state_dict(self.policy.state_dict())
-        roll = self.rollout(batch)
-        t_sample = time.perf_counter() - t0
+        roll = self._dynamic_rollout(batch) if self.dynamic_sampling else self.rollout(batch)
+        t_sample = time.perf_counter() - t0  # with dynamic sampling, its rounds' scoring too
         rewards, per_function = self.score(roll)
         advantages, step_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
@@ -266,7 +288,7 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
-        log |= engine_log | step_log
+        log |= engine_log | step_log | roll.pop("dynamic_log", {})
         if self.nonfinite == "skip":
             log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)
@@ -330,6 +352,62 @@ class GRPO(PolicyModule):
         roll["steps"] = {"rewards": r.to(self.device), "ends": e.to(self.device), "mask": m.to(self.device),
                          "real": torch.tensor([bool(s) for s in spans], device=self.device)}
         return roll["steps"]
+
+    # -- dynamic sampling (DAPO, arXiv 2503.14476, §3.2) ---------------------------------------
+    @torch.no_grad()
+    def _dynamic_rollout(self, batch: dict) -> dict:
+        """Sample the pool's prompts in rounds until B = ``dynamic_sampling_prompts`` informative
+        groups are found, the pool is used up, or the extra completions reach the cap.
+
+        Where the extra prompts come from: the loader's batch is the pool (DAPO draws further
+        prompts; here they are drawn up front, so a step consumes exactly one loader batch and a
+        resumed run sees the same prompts). Round 0 samples the pool's first B prompts with the seed
+        a run without dynamic sampling uses; each later round the next prompts, as many as the
+        informative share so far predicts are missing (all that remain when none was informative),
+        within the cap. The batch keeps the first B informative groups in sampling order and is
+        filled with constant ones when there are too few (``r1lab.rl.dynamic.select_groups``), so
+        its size never changes. Logs ``train/dynamic_fill_rate`` (informative groups / B),
+        ``train/extra_rollouts`` (completions sampled beyond B·G) and ``train/dynamic_rounds``.
+        """
+        records = batch["records"]
+        size = self.dynamic_prompts
+        if size > len(records):
+            raise ValueError(f"module.dynamic_sampling_prompts={size} exceeds the {len(records)} prompts of a "
+                             "loader batch (data.batch_size), the pool dynamic sampling draws from")
+        cap = self.dynamic_max_rollouts
+        cap = (len(records) - size) * self.G if cap is None else cap
+        parts, flags, start, round_ = [], [], 0, 0
+        while start < len(records):
+            need = size - sum(flags)
+            if round_ == 0:
+                count = size
+            else:
+                rate = sum(flags) / len(flags)
+                count = need if rate == 1 else (len(records) if rate == 0 else -(-need // rate))
+                count = min(int(count), len(records) - start, (cap - (start - size) * self.G) // self.G)
+            if count <= 0 or need <= 0:
+                break
+            rows = torch.arange(start, start + count)
+            part = self.rollout(self._prompt_rows(batch, rows), round_)
+            part["rewards"], part["per_function"] = self.score(part)
+            advantages, _ = self.compute_advantages(part, part["rewards"])
+            flags += informative_groups(advantages, self.G).tolist()
+            parts.append(part)
+            start, round_ = start + count, round_ + 1
+        keep, informative = select_groups(flags, size)
+        rows = torch.tensor([g * self.G + j for g in keep for j in range(self.G)])
+        roll = take_rows(concat_rollouts(parts, self.tokenizer.pad_token_id), rows)
+        roll["dynamic_log"] = {"train/dynamic_fill_rate": torch.tensor(informative / size),
+                               "train/extra_rollouts": torch.tensor(float((start - size) * self.G)),
+                               "train/dynamic_rounds": torch.tensor(float(round_))}
+        return roll
+
+    @staticmethod
+    def _prompt_rows(batch: dict, rows: torch.Tensor) -> dict:
+        mask = batch["prompt_mask"][rows]
+        first = int(mask.any(0).nonzero()[0]) if mask.any() else 0  # drop columns that are padding in every row
+        return {"records": [batch["records"][i] for i in rows.tolist()],
+                "prompt_ids": batch["prompt_ids"][rows, first:], "prompt_mask": mask[:, first:]}
 
     # -- the train/inference mismatch of an engine with its own weights (vLLM) ------------------
     @torch.no_grad()
