@@ -108,6 +108,6 @@ def test_grpo_takes_its_step_rewards_from_the_prm(trained, tmp_path, tiny_backbo
     assert steps["mask"].all() and steps["rewards"].shape == (2, k)
     assert ((steps["rewards"][1] > 0.5).float().tolist() == slip["labels"])  # the PRM's scores, not the rule's
     assert steps["rewards"][0].min() > 0.5
-    advantages, _ = grpo.compute_advantages(roll, torch.zeros(2))
+    advantages, _ = grpo.apply_supervision(roll, torch.zeros(2))
     first_wrong = int(steps["ends"][1][slip["labels"].index(0.0)])
     assert (advantages[1, : first_wrong + 1] < 0).all()  # every token up to the wrong step is pushed down

@@ -32,13 +32,13 @@ def test_process_advantages_two_groups_uneven_steps_and_masks_by_hand():
     ])
     torch.testing.assert_close(adv, expected, atol=1e-3, rtol=1e-3)
     # both: the outcome advantage of each completion added to every token of it
-    outcome = torch.tensor([1.0, 0.0, 0.0, 0.0])  # group 0: Â = ±0.7071; group 1: constant, Â = 0
+    outcome = group_advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), 2)  # group 0: ±0.7071; group 1: constant, 0
     both = combined_advantages("both", outcome, 2, seq_len=6, step_rewards=rewards, step_end_index=ends,
                                step_mask=mask)
     torch.testing.assert_close(both, expected + torch.tensor([0.70711, -0.70711, 0.0, 0.0]).unsqueeze(-1),
                                atol=1e-3, rtol=1e-3)
     # outcome: exactly group_advantages, one value per completion
-    assert torch.equal(combined_advantages("outcome", outcome, 2, seq_len=6), group_advantages(outcome, 2))
+    assert combined_advantages("outcome", outcome, 2, seq_len=6) is outcome
     with pytest.raises(ValueError, match="needs step rewards"):
         combined_advantages("process", outcome, 2, seq_len=6)
 
@@ -65,7 +65,7 @@ def test_step_scores_from_sampled_text_to_tensors(tiny_backbone, tokenizer):
     # "<think>", " ", "1", "2", " plus", " ", "7", " is", " ", "1", "9", "." ...: the first step ends at token 11
     assert steps["ends"][0].tolist() == [11, 22] and steps["ends"][3].tolist() == [11, 15]
     assert steps["ends"][2, 0].item() == roll["completion_mask"][2].sum().item() - 1
-    advantages, log = module.compute_advantages(roll, torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    advantages, log = module.apply_supervision(roll, torch.tensor([1.0, 0.0, 1.0, 0.0]))
     assert advantages.shape == roll["completion_ids"].shape
     assert (advantages[0, :12] > 0).all() and (advantages[1, :12] < 0).all()  # right steps up, wrong ones down
     assert log["train/all_steps_correct"].item() == pytest.approx(0.25)
@@ -120,7 +120,7 @@ def test_a_process_step_raises_the_likelihood_of_tokens_with_higher_advantage(ti
     module = _module(tiny_backbone, supervision="process", step_rule=r"\S{1,3}", step_rewards=DigitSteps(), lr=1e-3)
     _fit(module, _data(tokenizer), steps=1)
     roll = rolls[0]
-    advantages, _ = module.compute_advantages(roll, torch.zeros(len(roll["texts"])))
+    advantages, _ = module.apply_supervision(roll, torch.zeros(len(roll["texts"])))
     with torch.no_grad():
         after = sequence_logprobs(module.policy, roll["prompt_ids"], roll["prompt_mask"], roll["completion_ids"],
                                   roll["completion_mask"])
@@ -135,18 +135,18 @@ def test_a_short_process_supervised_run_raises_the_step_reward(tiny_backbone, to
     module = _module(tiny_backbone, supervision="process", step_rule=r"\S{1,3}", step_rewards=DigitSteps(),
                      lr=1e-2, group_size=8)
     step_rewards = []
-    real = GRPO.compute_advantages
+    real = GRPO.apply_supervision
 
-    def compute(self, roll, rewards):
-        advantages, log = real(self, roll, rewards)
+    def compute(self, roll, outcome):
+        advantages, log = real(self, roll, outcome)
         step_rewards.append(log["train/step_reward"].item())
         return advantages, log
 
-    GRPO.compute_advantages = compute
+    GRPO.apply_supervision = compute
     try:
         _fit(module, _data(tokenizer, prompts_per_step=4), steps=20)
     finally:
-        GRPO.compute_advantages = real
+        GRPO.apply_supervision = real
     first, last = sum(step_rewards[:3]) / 3, sum(step_rewards[-3:]) / 3
     assert first < 0.1 and last > 0.5, (first, last)  # measured: 0.02 -> 0.96
 

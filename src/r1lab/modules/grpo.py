@@ -13,7 +13,8 @@ rollout is split into several mini-batches; with one step per rollout ρ = 1 in 
 gradient). The frozen reference model exists only when β > 0 and can be reset to the policy every N
 rollouts (R1 resets it every 400 steps). Where this departs from the papers, the knob says so:
 clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO),
-process supervision (DeepSeekMath §4.1.3: ``supervision``, ``compute_advantages``).
+process supervision (DeepSeekMath §4.1.3: ``supervision``) and dynamic sampling (DAPO), both in
+``modules/grpo_process.py``.
 
 Lightning's ``trainer.max_steps`` counts optimizer steps: μ × mini_batches per rollout.
 """
@@ -29,15 +30,15 @@ from r1lab.checks import check_choice, check_number
 from r1lab.evaluation import examples_markdown
 from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule
+from r1lab.modules.grpo_process import DynamicSampling, ProcessSupervision
 from r1lab.rewards.compose import RewardSet
-from r1lab.rewards.steps import RuleStepReward, split_steps, step_pattern, token_spans
+from r1lab.rewards.steps import RuleStepReward, step_pattern
 from r1lab.rl import ADVANTAGE_SCALES, AGGREGATIONS, KL_ESTIMATORS, group_advantages, grpo_loss
-from r1lab.rl.dynamic import concat_rollouts, informative_groups, select_groups, take_rows
-from r1lab.rl.process import SUPERVISIONS, combined_advantages, pad_steps
+from r1lab.rl.process import SUPERVISIONS
 from r1lab.tensors import masked_mean
 
 
-class GRPO(PolicyModule):
+class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
     """Args (besides ``PolicyModule``'s):
         rewards: the ``RewardSet`` (rule rewards, and the neural reward model when configured).
         group_size: G, completions per prompt (R1: 16; DeepSeekMath: 64).
@@ -263,7 +264,8 @@ class GRPO(PolicyModule):
         roll = self._dynamic_rollout(batch) if self.dynamic_sampling else self.rollout(batch)
         t_sample = time.perf_counter() - t0  # with dynamic sampling, its rounds' scoring too
         rewards, per_function = self.score(roll)
-        advantages, step_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
+        advantages = group_advantages(rewards, self.G, scale=self.advantage_scale)  # (B·G,)
+        advantages, step_log = self.apply_supervision(roll, advantages)  # process supervision: (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
         advantages, engine_log = self.engine_correction(roll, advantages)  # engines with their own weights
         loss_metrics = self.policy_update(roll, advantages)
@@ -298,116 +300,6 @@ class GRPO(PolicyModule):
             rows = [{"prompt": r["prompt"], "completion": t, "answer": r.get("answer"), "correct": float(c)}
                     for r, t, c in zip(roll["records"][:: self.G], roll["texts"][:: self.G], correct[:: self.G])]
             self._log_text("train/completions", examples_markdown(rows[:4]))
-
-    # -- process supervision (DeepSeekMath §4.1.3) ----------------------------------------------
-    def compute_advantages(self, roll: dict, rewards: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Advantages of the rollout under ``self.supervision`` and the step metrics.
-
-        outcome: ``group_advantages`` (B·G,), exactly as without process supervision, and no step
-        metrics. process / both: per-token advantages (B·G, T) from the step rewards
-        (``r1lab.rl.process.combined_advantages``), and ``train/step_reward`` (mean reward of a
-        step), ``train/all_steps_correct`` (share of completions with at least one step, every step's
-        reward > 0.5), ``train/steps`` (steps per completion).
-        """
-        if self.supervision == "outcome":
-            return group_advantages(rewards, self.G, scale=self.advantage_scale), {}
-        steps = self.step_scores(roll)
-        advantages = combined_advantages(
-            self.supervision, rewards, self.G, seq_len=roll["completion_ids"].shape[1],
-            scale=self.advantage_scale, step_rewards=steps["rewards"], step_end_index=steps["ends"],
-            step_mask=steps["mask"],
-        )
-        real = steps["mask"] & steps["real"].unsqueeze(-1)  # (B·G, K) steps the splitter found
-        right = ((steps["rewards"] > 0.5) | ~steps["mask"]).all(-1) & steps["real"]  # (B·G,)
-        log = {"train/step_reward": steps["rewards"][real].mean() if real.any() else torch.tensor(0.0),
-               "train/all_steps_correct": right.float().mean(), "train/steps": real.sum(-1).float().mean()}
-        return advantages, log
-
-    @torch.no_grad()
-    def step_scores(self, roll: dict) -> dict[str, torch.Tensor]:
-        """The steps of every completion, their rewards and end tokens, padded (cached in ``roll``):
-        ``rewards``, ``ends``, ``mask`` (B·G, K) and ``real`` (B·G,), False for a completion in which
-        the splitter found no step. Such a completion gets one step ending at its last token with
-        reward 0: no verifier credits reasoning it cannot see, and a completion must not escape the
-        process reward by writing no steps."""
-        if "steps" in roll:
-            return roll["steps"]
-        eos = self.tokenizer.eos_token_id
-        rows = [[t for t, m in zip(ids, mask) if m and t != eos]
-                for ids, mask in zip(roll["completion_ids"].tolist(), roll["completion_mask"].tolist())]
-        spans = [split_steps(text, self.step_rule) for text in roll["texts"]]
-        prompts = [r["prompt"] for r in roll["records"]]
-        scores = self.step_rewards.score_steps(prompts, roll["texts"], roll["records"], spans)
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731 -- as decode_texts
-        lengths = roll["completion_mask"].sum(-1).tolist()
-        rewards, ends = [], []
-        for row, span, score, length in zip(rows, spans, scores, lengths):
-            if span:
-                rewards.append([float(x) for x in score])
-                ends.append([last for _, last in token_spans(span, row, decode)])
-            else:
-                rewards.append([0.0])
-                ends.append([max(int(length) - 1, 0)])
-        r, e, m = pad_steps(rewards, ends)
-        roll["steps"] = {"rewards": r.to(self.device), "ends": e.to(self.device), "mask": m.to(self.device),
-                         "real": torch.tensor([bool(s) for s in spans], device=self.device)}
-        return roll["steps"]
-
-    # -- dynamic sampling (DAPO, arXiv 2503.14476, §3.2) ---------------------------------------
-    @torch.no_grad()
-    def _dynamic_rollout(self, batch: dict) -> dict:
-        """Sample the pool's prompts in rounds until B = ``dynamic_sampling_prompts`` informative
-        groups are found, the pool is used up, or the extra completions reach the cap.
-
-        Where the extra prompts come from: the loader's batch is the pool (DAPO draws further
-        prompts; here they are drawn up front, so a step consumes exactly one loader batch and a
-        resumed run sees the same prompts). Round 0 samples the pool's first B prompts with the seed
-        a run without dynamic sampling uses; each later round the next prompts, as many as the
-        informative share so far predicts are missing (all that remain when none was informative),
-        within the cap. The batch keeps the first B informative groups in sampling order and is
-        filled with constant ones when there are too few (``r1lab.rl.dynamic.select_groups``), so
-        its size never changes. Logs ``train/dynamic_fill_rate`` (informative groups / B),
-        ``train/extra_rollouts`` (completions sampled beyond B·G) and ``train/dynamic_rounds``.
-        """
-        records = batch["records"]
-        size = self.dynamic_prompts
-        if size > len(records):
-            raise ValueError(f"module.dynamic_sampling_prompts={size} exceeds the {len(records)} prompts of a "
-                             "loader batch (data.batch_size), the pool dynamic sampling draws from")
-        cap = self.dynamic_max_rollouts
-        cap = (len(records) - size) * self.G if cap is None else cap
-        parts, flags, start, round_ = [], [], 0, 0
-        while start < len(records):
-            need = size - sum(flags)
-            if round_ == 0:
-                count = size
-            else:
-                rate = sum(flags) / len(flags)
-                count = need if rate == 1 else (len(records) if rate == 0 else -(-need // rate))
-                count = min(int(count), len(records) - start, (cap - (start - size) * self.G) // self.G)
-            if count <= 0 or need <= 0:
-                break
-            rows = torch.arange(start, start + count)
-            part = self.rollout(self._prompt_rows(batch, rows), round_)
-            part["rewards"], part["per_function"] = self.score(part)
-            advantages, _ = self.compute_advantages(part, part["rewards"])
-            flags += informative_groups(advantages, self.G).tolist()
-            parts.append(part)
-            start, round_ = start + count, round_ + 1
-        keep, informative = select_groups(flags, size)
-        rows = torch.tensor([g * self.G + j for g in keep for j in range(self.G)])
-        roll = take_rows(concat_rollouts(parts, self.tokenizer.pad_token_id), rows)
-        roll["dynamic_log"] = {"train/dynamic_fill_rate": torch.tensor(informative / size),
-                               "train/extra_rollouts": torch.tensor(float((start - size) * self.G)),
-                               "train/dynamic_rounds": torch.tensor(float(round_))}
-        return roll
-
-    @staticmethod
-    def _prompt_rows(batch: dict, rows: torch.Tensor) -> dict:
-        mask = batch["prompt_mask"][rows]
-        first = int(mask.any(0).nonzero()[0]) if mask.any() else 0  # drop columns that are padding in every row
-        return {"records": [batch["records"][i] for i in rows.tolist()],
-                "prompt_ids": batch["prompt_ids"][rows, first:], "prompt_mask": mask[:, first:]}
 
     # -- the train/inference mismatch of an engine with its own weights (vLLM) ------------------
     @torch.no_grad()

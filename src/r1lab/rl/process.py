@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from r1lab.rl.advantages import group_advantages, process_advantages
+from r1lab.rl.advantages import process_advantages
 
 SUPERVISIONS = ("outcome", "process", "both")
 
@@ -33,31 +33,31 @@ def pad_steps(rewards: list[list[float]], ends: list[list[int]]) -> tuple[Tensor
 
 def combined_advantages(
     supervision: str,
-    rewards: Tensor,
+    outcome: Tensor,
     group_size: int,
     *,
     seq_len: int,
-    scale: str = "group",
     step_rewards: Tensor | None = None,
     step_end_index: Tensor | None = None,
     step_mask: Tensor | None = None,
 ) -> Tensor:
     """GRPO's advantages under outcome, process or both kinds of supervision.
 
-    - ``outcome``: ``group_advantages(rewards)``, one per completion.                       # (N,)
+    ``outcome`` are the outcome advantages, (N,) (``group_advantages``) or (N, T) per token.
+    - ``outcome``: returned as they are.
     - ``process``: ``process_advantages(step_rewards, …)``, one per token (§4.1.3).           # (N, T)
     - ``both``: their sum, the outcome advantage broadcast to every token of its completion.  # (N, T)
       DeepSeekMath defines the two forms apart; the sum, each term normalised over its group on
       its own so that both weigh alike, is how PRIME (arXiv 2502.01456, §3) adds its outcome and
-      process returns. ``scale`` applies to the outcome term only (process rewards are always
-      divided by their group's std, as §4.1.3 does).
+      process returns. Process rewards are always divided by their group's std, as §4.1.3 does.
     """
     if supervision not in SUPERVISIONS:
         raise ValueError(f"unknown supervision {supervision!r}; valid: {', '.join(SUPERVISIONS)}")
-    outcome = group_advantages(rewards, group_size, scale=scale)  # (N,)
     if supervision == "outcome":
         return outcome
     if step_rewards is None or step_end_index is None:
         raise ValueError(f"supervision={supervision!r} needs step rewards and their end indices")
     process = process_advantages(step_rewards, step_end_index, group_size, seq_len, step_mask=step_mask)  # (N, T)
-    return process if supervision == "process" else process + outcome.unsqueeze(-1)
+    if supervision == "process":
+        return process
+    return process + (outcome.unsqueeze(-1) if outcome.dim() == 1 else outcome)
