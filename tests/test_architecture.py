@@ -15,8 +15,8 @@ LAYERS = [
     ("math", ["r1lab.rl", "r1lab.kd", "r1lab.rm.losses", "r1lab.rewards"]),
     ("models", ["r1lab.models", "r1lab.generation", "r1lab.rm", "r1lab.evaluation"]),
     ("modules", ["r1lab.modules", "r1lab.callbacks", "r1lab.strategies"]),
-    ("jobs", ["r1lab.jobs", "r1lab.train", "r1lab.pipeline", "r1lab.report", "r1lab.export", "r1lab.bench",
-              "r1lab.rm.likelihood"]),
+    ("jobs", ["r1lab.jobs", "r1lab.train", "r1lab.pipeline", "r1lab.report", "r1lab.compare", "r1lab.export",
+              "r1lab.bench", "r1lab.rm.likelihood"]),
 ]
 
 

@@ -195,6 +195,8 @@ def test_ppo_gae_advantages_are_whitened_and_the_returns_kept(tiny_backbone, tok
     ({"critic": {"source": "reward_model"}}, "module.critic.path: source=reward_model needs"),
     ({"critic": {"learning_rate": 1.0}}, r"module.critic: unknown key\(s\) \['learning_rate'\]"),
     ({"critic": {"warmup_rollouts": -1}}, "module.critic.warmup_rollouts"),
+    ({"supervision": "process"}, "module.supervision: 'process' needs step rewards"),
+    ({"dynamic_sampling": True}, "module.dynamic_sampling: not with PPO"),
 ])
 def test_bad_ppo_settings_fail_naming_the_key(tiny_backbone, override, message):
     with pytest.raises(ValueError, match=message):

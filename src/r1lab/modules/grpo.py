@@ -13,9 +13,11 @@ rollout is split into several mini-batches; with one step per rollout ρ = 1 in 
 gradient). The frozen reference model exists only when β > 0 and can be reset to the policy every N
 rollouts (R1 resets it every 400 steps). Where this departs from the papers, the knob says so:
 clip-higher (DAPO), advantage scaling and token-sum aggregation (Dr. GRPO), token-mean (DAPO), the
-critic-free estimators RLOO and REINFORCE++ in place of group normalisation (``estimator``), and the KL
-as a per-token penalty in the reward instead of the loss (``kl_in: reward``). PPO (``modules/ppo.py``)
-is this class with a value model and GAE: the same rollout, loss and μ/mini-batch loop.
+critic-free estimators RLOO and REINFORCE++ in place of group normalisation (``estimator``), the KL
+as a per-token penalty in the reward instead of the loss (``kl_in: reward``), process supervision
+(DeepSeekMath §4.1.3: ``supervision``) and dynamic sampling (DAPO), both in ``modules/grpo_process.py``.
+PPO (``modules/ppo.py``) is this class with a value model and GAE: the same rollout, loss and
+μ/mini-batch loop.
 
 Lightning's ``trainer.max_steps`` counts optimizer steps: μ × mini_batches per rollout.
 """
@@ -31,7 +33,9 @@ from r1lab.checks import check_choice, check_number
 from r1lab.evaluation import examples_markdown
 from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule, peak_memory_gb
+from r1lab.modules.grpo_process import DynamicSampling, ProcessSupervision
 from r1lab.rewards.compose import RewardSet
+from r1lab.rewards.steps import RuleStepReward, step_pattern
 from r1lab.rl import (
     ADVANTAGE_SCALES,
     AGGREGATIONS,
@@ -44,13 +48,14 @@ from r1lab.rl import (
     token_rewards,
     whiten,
 )
+from r1lab.rl.process import SUPERVISIONS
 from r1lab.tensors import masked_mean
 
 ESTIMATORS = ("group", "rloo", "reinforce_pp")
 KL_PLACES = ("loss", "reward")
 
 
-class GRPO(PolicyModule):
+class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
     """Args (besides ``PolicyModule``'s):
         rewards: the ``RewardSet`` (rule rewards, and the neural reward model when configured).
         group_size: G, completions per prompt (R1: 16; DeepSeekMath: 64).
@@ -72,9 +77,24 @@ class GRPO(PolicyModule):
         mask_truncated: leave completions without EOS out of the loss (DAPO's overlong filtering).
         max_grad_norm: gradient clipping (manual optimisation clips here, not in the trainer).
         seed: base seed of the rollout sampler (combined with the step and the rank).
+        supervision: outcome (one advantage per completion, §4.1.2) | process (per-token advantages
+            from step rewards, DeepSeekMath arXiv 2402.03300 §4.1.3) | both (their sum; see
+            ``r1lab.rl.process.combined_advantages``).
+        step_rule: how a completion's chain of thought is cut into steps: line | sentence | a regex
+            whose matches are the steps (``r1lab.rewards.steps.split_steps``).
+        step_rewards: the source of step rewards, an object with ``score_steps(prompts, completions,
+            references, spans)``: the tiny world's rule verifier (default) or a process reward model
+            (``r1lab.rm.ProcessReward``). Used only when supervision is not outcome.
+        dynamic_sampling: DAPO's dynamic sampling (arXiv 2503.14476, §3.2): drop groups whose
+            advantages are all 0 (rewards without spread) and fill the batch with informative ones
+            (``_dynamic_rollout``). The loader's batch (``data.batch_size``) is then the pool of
+            candidate prompts of a step, of which ``dynamic_sampling_prompts`` groups are trained.
+        dynamic_sampling_prompts: B, groups trained per step under dynamic sampling (<= the pool).
+        dynamic_sampling_max_rollouts: the most completions sampled per step beyond B·G (None: as
+            many as the pool holds).
     """
 
-    not_hparams = (*PolicyModule.not_hparams, "rewards")  # reward functions are objects, not plain data
+    not_hparams = (*PolicyModule.not_hparams, "rewards", "step_rewards")  # objects, not plain data
     estimators: tuple[str, ...] = ESTIMATORS
     min_group_size = 2  # G >= 2: a group needs a spread
 
@@ -107,6 +127,12 @@ class GRPO(PolicyModule):
         seed: int = 0,
         rollout: dict | None = None,
         nonfinite: str = "stop",
+        supervision: str = "outcome",
+        step_rule: str = "sentence",
+        step_rewards=None,
+        dynamic_sampling: bool = False,
+        dynamic_sampling_prompts: int = 8,
+        dynamic_sampling_max_rollouts: int | None = None,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, evaluation, rollout, nonfinite)
         if rewards is None:
@@ -128,6 +154,23 @@ class GRPO(PolicyModule):
             raise ValueError(f"module.group_size: estimator {estimator!r} needs a group of 2 or more, got {group_size}")
         check_choice("module.aggregation", aggregation, AGGREGATIONS)
         check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
+        check_choice("module.supervision", supervision, SUPERVISIONS)
+        try:
+            step_pattern(step_rule)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"module.step_rule: {error}") from None
+        if step_rewards is not None and not hasattr(step_rewards, "score_steps"):
+            raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
+                             "references, spans)")
+        self.supervision, self.step_rule = supervision, step_rule
+        if not isinstance(dynamic_sampling, bool):
+            raise ValueError(f"module.dynamic_sampling: must be true or false, got {dynamic_sampling!r}")
+        check_number("module.dynamic_sampling_prompts", dynamic_sampling_prompts, 1, integer=True)
+        check_number("module.dynamic_sampling_max_rollouts", dynamic_sampling_max_rollouts, 0, integer=True,
+                     allow_none=True)
+        self.dynamic_sampling, self.dynamic_prompts = dynamic_sampling, dynamic_sampling_prompts
+        self.dynamic_max_rollouts = dynamic_sampling_max_rollouts
+        self.step_rewards = RuleStepReward() if step_rewards is None else step_rewards
         self.automatic_optimization = False
         self.rewards = rewards
         self.G, self.mu = group_size, num_iterations
@@ -159,12 +202,14 @@ class GRPO(PolicyModule):
 
     # -- the three phases of a step ------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, batch: dict) -> dict:
-        """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks)."""
+    def rollout(self, batch: dict, round_: int = 0) -> dict:
+        """Sample G completions per prompt and keep what the loss needs (π_old, π_ref, masks).
+        ``round_`` > 0: a further round of dynamic sampling in the same step (its own seed stream)."""
         records = [r for r in batch["records"] for _ in range(self.G)]
         self.engine.sync_weights()
+        stream = self.global_rank + (round_ * self.trainer.world_size if round_ else 0)
         out = self.engine.generate(batch["prompt_ids"], batch["prompt_mask"], self.sampling, n=self.G,
-                                   seed=mix_seed(self.seed, self.rollouts_done, self.global_rank))
+                                   seed=mix_seed(self.seed, self.rollouts_done, stream))
         prompt_ids, prompt_mask = out.prompt_ids, out.prompt_mask  # (B·G, P): each prompt G times
         mask = out.completion_mask.float()  # (B·G, T)
         if self.mask_truncated:
@@ -181,6 +226,8 @@ class GRPO(PolicyModule):
         }
 
     def score(self, roll: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if "rewards" in roll:  # scored while sampling (dynamic sampling)
+            return roll.pop("rewards"), roll.pop("per_function")
         prompts = [r["prompt"] for r in roll["records"]]
         total, per_function = self.rewards.score(prompts, roll["texts"], roll["records"])
         return total.to(self.device).float(), {k: v.to(self.device).float() for k, v in per_function.items()}
@@ -293,10 +340,11 @@ class GRPO(PolicyModule):
         if self.reference is not None and self.ref_reset_every and self.rollouts_done \
                 and self.rollouts_done % self.ref_reset_every == 0:
             self.reference.load_state_dict(self.policy.state_dict())
-        roll = self.rollout(batch)
-        t_sample = time.perf_counter() - t0
+        roll = self._dynamic_rollout(batch) if self.dynamic_sampling else self.rollout(batch)
+        t_sample = time.perf_counter() - t0  # with dynamic sampling, its rounds' scoring too
         rewards, per_function = self.score(roll)
         advantages, advantage_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
+        advantages, step_log = self.apply_supervision(roll, advantages)  # process supervision: (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
         advantages, engine_log = self.engine_correction(roll, advantages)  # engines with their own weights
         loss_metrics = self.policy_update(roll, advantages)
@@ -323,7 +371,7 @@ class GRPO(PolicyModule):
             if name in per_function:
                 log[f"train/{name}"] = per_function[name].mean()
         log |= {f"train/{k}": v for k, v in loss_metrics.items()}
-        log |= engine_log | advantage_log
+        log |= engine_log | advantage_log | step_log | roll.pop("dynamic_log", {})
         if self.nonfinite == "skip":
             log["train/skipped_steps"] = torch.tensor(float(self.skipped_steps))
         self.log_dict({k: v.to(self.device).float() for k, v in log.items()}, sync_dist=True, prog_bar=False)

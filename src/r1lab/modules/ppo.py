@@ -67,6 +67,12 @@ class PPO(GRPO):
         check_number("module.vf_coef", vf_coef, 0.0)
         if estimator != "gae" and critic is not None:
             raise ValueError(f"module.critic: estimator {estimator!r} uses no value model; set module.estimator=gae")
+        if estimator == "gae" and self.supervision != "outcome":
+            raise ValueError(f"module.supervision: {self.supervision!r} needs step rewards in the advantages; GAE "
+                             "takes the outcome reward at the last token (use supervision=outcome with PPO)")
+        if estimator == "gae" and self.dynamic_sampling:
+            raise ValueError("module.dynamic_sampling: not with PPO's value model (GAE's advantages do not vanish "
+                             "for groups of equal rewards); use it with a critic-free estimator")
         self.gamma, self.lam, self.vf_clip, self.vf_coef = gamma, lam, vf_clip, vf_coef
         self.whiten_advantages = whiten_advantages
         self.critic: torch.nn.Module | None = None

@@ -69,8 +69,8 @@ def process_advantages(
 ) -> Tensor:
     """Process-supervised advantages (DeepSeekMath, arXiv 2402.03300, §4.1.3).
 
-    The math only: no stage uses it yet (GRPO trains with outcome supervision, ``group_advantages``);
-    it needs step rewards, which no reward function produces so far.
+    GRPO uses it with ``module.supervision=process|both`` (``r1lab.rl.process.combined_advantages``),
+    with step rewards from the tiny world's rule verifier or a process reward model.
 
     Each step reward is normalised over all steps of all completions in its group,
     r̃ = (r − mean) / (std + ε) (sample std, as in ``group_advantages``), and the advantage of
