@@ -8,7 +8,7 @@ import torch
 
 from conftest import arith_records
 from r1lab.data.collate import Tokenized
-from r1lab.jobs.synthetic_pairs import _compose, arithmetic_slip
+from r1lab.jobs.synthetic_pairs import arithmetic_slip, compose_solution
 from r1lab.modules.process_reward_model import ProcessRewardModel
 from r1lab.rewards.steps import split_steps
 from r1lab.rm import ProcessReward
@@ -23,7 +23,7 @@ def labelled_rows(n=24, seed=0):
     completions, refs = [], []
     for record in records:
         slip = arithmetic_slip(record, rng)
-        completions += [record["response"]] + ([_compose(*slip)] if slip else [])
+        completions += [record["response"]] + ([compose_solution(*slip)] if slip else [])
         refs += [record] * (2 if slip else 1)
     return step_label_rows(refs, completions)
 
@@ -111,3 +111,21 @@ def test_grpo_takes_its_step_rewards_from_the_prm(trained, tmp_path, tiny_backbo
     advantages, _ = grpo.apply_supervision(roll, torch.zeros(2))
     first_wrong = int(steps["ends"][1][slip["labels"].index(0.0)])
     assert (advantages[1, : first_wrong + 1] < 0).all()  # every token up to the wrong step is pushed down
+
+
+def test_the_prm_stage_trains_on_step_labels_and_exports_what_grpo_loads(make_cfg, tmp_path):
+    """stage=prm through the real configs: the DataModule's steps mode, validation, the export."""
+    from r1lab.train import run
+
+    cfg = make_cfg("stage=prm", "backbone=tiny", "backbone.name_or_path=null", "trainer.max_steps=60",
+                   "module.optimizer.lr=3e-3",
+                   "trainer.val_check_interval=20", "data.source.tasks.sizes={train:128,val:16,test:16}",
+                   "data.batch_size=16", "callbacks.progress_bar=null", data=[])
+    metrics = run(cfg)
+    assert {"val/step_accuracy", "test/step_accuracy", "test/all_steps_accuracy"} <= set(metrics)
+    assert metrics["train/loss"] < 0.6  # from ln 2 = 0.69 at the start
+    reward = ProcessReward(str(tmp_path / "hf"))
+    rows = [r for r in labelled_rows(6, seed=3)][:4]
+    spans = [split_steps(r["completion"], "sentence") for r in rows]
+    scores = reward.score_steps([r["prompt"] for r in rows], [r["completion"] for r in rows], [{}] * 4, spans)
+    assert [len(s) for s in scores] == [len(s) for s in spans] and all(0 < x < 1 for s in scores for x in s)

@@ -98,6 +98,8 @@ class Collator:
             batch |= sequences(self.tok, ps, [r["rejected"] for r in records], prefix="rejected_")
             batch["margin"] = torch.tensor([float(r.get("margin", 0.0)) for r in records])
             batch["records"] = records
+        elif self.mode == "steps":  # tokenized by the module, which knows the step rule
+            batch["records"] = records
         if self.mode == "rl" or self.with_prompts:
             batch |= prompts(self.tok, records)
         return batch

@@ -6,7 +6,9 @@ known, as litgpt does. ``mode`` picks the dataset fields and the collator:
 - ``sft``: prompt + response, loss on the response (cold-start SFT, SFT round 2, base pretraining);
 - ``rl``: prompts with their reference answers and metadata (GRPO rollouts);
 - ``preference``: prompt + chosen + rejected (reward-model training);
-- ``distill``: prompt + response sequences scored by a teacher (knowledge distillation).
+- ``distill``: prompt + response sequences scored by a teacher (knowledge distillation);
+- ``steps``: prompt + completion + one 0/1 label per reasoning step (process reward model); the
+  batches are the records, which the module tokenizes with its step rule (``r1lab.rm.process``).
 
 Validation and test batches of the policy stages always carry left-padded prompts and the records,
 so every stage is evaluated the same way (generation + answer checking).
@@ -24,7 +26,7 @@ from r1lab.data.resumable import ResumableLoader
 from r1lab.data.sources import REQUIRED
 from r1lab.data.templates import TEMPLATES
 
-MODES = ("sft", "rl", "preference", "distill")
+MODES = ("sft", "rl", "preference", "distill", "steps")
 
 
 class R1DataModule(L.LightningDataModule):
@@ -85,7 +87,7 @@ class R1DataModule(L.LightningDataModule):
     def _required(self, split: str) -> tuple[str, ...]:
         if split == "train":
             return REQUIRED[self.mode]
-        return REQUIRED["preference"] if self.mode == "preference" else REQUIRED["eval"]
+        return REQUIRED[self.mode] if self.mode in ("preference", "steps") else REQUIRED["eval"]
 
     def load_split(self, split: str) -> list[dict]:
         if split not in self.splits:
@@ -126,6 +128,11 @@ class R1DataModule(L.LightningDataModule):
                                f"data.{limit}={getattr(self, limit)} tokens; its {where} cut")
         return counts
 
+    def tokenized(self) -> Tokenized:
+        """How this DataModule tokenizes (template, system prompt, limits): for a module that builds
+        its own tensors from the records (the process reward model)."""
+        return self._tokenized()
+
     def _tokenized(self) -> Tokenized:
         return Tokenized(self.tokenizer, self.template, self.max_prompt_tokens, self.max_response_tokens,
                          self.system_prompt)
@@ -144,8 +151,8 @@ class R1DataModule(L.LightningDataModule):
                                rank, world)
 
     def _eval_collator(self) -> Collator:
-        if self.mode == "preference":
-            return Collator(self._tokenized(), "preference")
+        if self.mode in ("preference", "steps"):
+            return Collator(self._tokenized(), self.mode)
         return Collator(self._tokenized(), self.mode, with_prompts=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -19,6 +19,7 @@ REQUIRED = {
     "rl": ("prompt", "answer"),
     "preference": ("prompt", "chosen", "rejected"),
     "distill": ("prompt", "response"),
+    "steps": ("prompt", "completion", "labels"),
     "eval": ("prompt", "answer"),
 }
 SCHEMA = ("prompt", "answer", "response", "chosen", "rejected", "task", "language", "tests", "margin", "id")

@@ -19,7 +19,8 @@ from r1lab.rewards.format import tag_blocks
 Solution = tuple[str, str]  # (chain of thought, final answer), both without tags
 
 
-def _compose(think: str, answer: str) -> str:
+def compose_solution(think: str, answer: str) -> str:
+    """A completion in the R1 format from its chain of thought and answer."""
     return f"<think> {think} </think> <answer> {answer} </answer>"
 
 
@@ -86,16 +87,16 @@ def mixed_language(think: str, answer: str, rng: random.Random) -> str | None:
         return None
     for m in sorted(rng.sample(translatable, n), key=lambda m: m.start(), reverse=True):
         think = think[: m.start()] + ZH_WORDS[m.group()] + think[m.end():]
-    return _compose(think, answer)
+    return compose_solution(think, answer)
 
 
 def verbose(think: str, answer: str, rng: random.Random) -> str | None:
     """Style: a padded chain of thought, with filler and the whole chain said twice."""
-    return _compose(f"Let me work through this step by step. {think} Let me double-check that: {think}", answer)
+    return compose_solution(f"Let me work through this step by step. {think} Let me double-check that: {think}", answer)
 
 
 def clean(think: str, answer: str, rng: random.Random) -> str | None:
-    return _compose(think, answer)
+    return compose_solution(think, answer)
 
 
 ERRORS = {"wrong_answer": wrong_answer, "arithmetic_slip": arithmetic_slip}
