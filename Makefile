@@ -15,7 +15,7 @@ TRAIN := $(BIN)/python -m r1lab.train
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast lint pipeline base r1-zero sft grpo sft-data sft2 preferences rm grpo-rm rm-score \
-	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl ppo-vs-grpo smollm2 test-vllm bench-bf16 clean
+	distill student-sft kl-bench bench bench-grpo sweep-kl optuna-grpo iterative-rl ppo-vs-grpo supervision smollm2 test-vllm bench-bf16 clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,10 @@ ROUNDS ?= 2
 ppo-vs-grpo: $(STAMP) ## PPO (value model, GAE) vs GRPO vs RLOO from the tiny cold start, 3 seeds each: outputs/pipeline/ppo_vs_grpo/comparison.md
 	$(BIN)/python -m r1lab.pipeline --pipeline tiny --until sft
 	$(BIN)/python -m r1lab.pipeline --pipeline ppo_vs_grpo $(ARGS)
+
+supervision: $(STAMP) ## outcome vs process vs both supervision, dynamic sampling on/off, 3 seeds each: outputs/pipeline/supervision/comparison.md
+	$(BIN)/python -m r1lab.pipeline --pipeline tiny --until sft
+	$(BIN)/python -m r1lab.pipeline --pipeline supervision $(ARGS)
 
 iterative-rl: $(STAMP) ## DeepSeekMath's iterative RL after the pipeline: ROUNDS x (GRPO, fresh pairs, 10% replay, RM)
 	$(BIN)/python -m r1lab.pipeline --pipeline iterative --rounds $(ROUNDS) $(ARGS)

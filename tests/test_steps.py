@@ -6,6 +6,7 @@ from conftest import arith_records
 from r1lab.rewards.steps import (
     StepsNotApplicable,
     arithmetic_step_labels,
+    chain_correct,
     parse_equation,
     reference_chain,
     split_steps,
@@ -83,3 +84,19 @@ def test_every_tiny_world_reference_solution_is_all_right():
     for record in records:
         labels = arithmetic_step_labels(record["prompt"], record["response"], record)
         assert labels == [1.0] * record["difficulty"], record
+
+
+def test_a_chain_is_fully_correct_only_with_every_step_of_the_prompts_chain_right():
+    arith = {"task": "arith"}
+    assert chain_correct(PROMPT, RIGHT, arith) == 1.0
+    assert chain_correct(PROMPT, "<think> 12加7得19。19减5得14。</think> <answer> 14 </answer>", arith) == 1.0
+    assert chain_correct(PROMPT, "<think> 12 plus 7 is 19. </think> <answer> 14 </answer>", arith) == 0.0  # stops early
+    assert chain_correct(PROMPT, "<think> 12 plus 7 is 19. 19 minus 5 is 15. </think>", arith) == 0.0
+    extra = RIGHT.replace(". </think>", ". 14 plus 0 is 14. </think>")  # a step too many
+    assert chain_correct(PROMPT, extra, arith) == 0.0
+    assert chain_correct(PROMPT, "<answer> 14 </answer>", arith) == 0.0  # no chain of thought at all
+    # only where the rule verifier applies: code, math word problems, a prompt with no chain
+    assert chain_correct("Write f(x)", "<think> return x </think>", {"task": "code"}) is None
+    assert chain_correct(PROMPT, RIGHT, {"task": "math"}) is None and chain_correct(PROMPT, RIGHT, {}) is None
+    assert chain_correct("What is two?", RIGHT, arith) is None
+    assert all(chain_correct(r["prompt"], r["response"], r) == 1.0 for r in arith_records(50))

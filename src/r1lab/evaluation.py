@@ -4,6 +4,9 @@ Per prompt: one greedy completion (accuracy, format, language consistency, lengt
 with ``k > 0``, k sampled completions at the paper's evaluation settings (temperature 0.6, top-p 0.95):
 pass@1 averaged over the k samples and majority-vote accuracy (cons@k), as DeepSeek-R1 reports.
 Answers are checked by the accuracy reward: exact numbers for the tiny world, math-verify for math.
+For the tiny world's arithmetic tasks the greedy chain of thought is also checked step by step by the
+rule verifier (``chain_correct``: the whole right chain, no step wrong or missing); other tasks have
+no rule-checkable steps and leave that metric out (NaN in the per-prompt scores).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from r1lab.generation import RolloutEngine, SamplingParams
 from r1lab.rewards.accuracy import accuracy_reward, extract_answer
 from r1lab.rewards.format import extract_think, has_format
 from r1lab.rewards.language import language_consistency
+from r1lab.rewards.steps import chain_correct
 
-METRICS = ("accuracy", "format", "language", "length", "truncated", "pass@1", "maj@k")
+METRICS = ("accuracy", "format", "language", "length", "truncated", "pass@1", "maj@k", "chain_correct")
 
 
 @dataclass
@@ -47,13 +51,18 @@ def majority_answer(completions: list[str]) -> str | None:
 
 
 def score_completions(prompts: list[str], completions: list[str], records: list[dict]) -> dict[str, list[float]]:
-    """Per-completion accuracy, strict format and language consistency of the chain of thought."""
-    return {
+    """Per-completion accuracy, strict format and language consistency of the chain of thought, and,
+    when some record is a tiny-world arithmetic task, ``chain_correct`` (NaN for the other records)."""
+    scores = {
         "accuracy": [accuracy_reward(p, c, r) for p, c, r in zip(prompts, completions, records)],
         "format": [float(has_format(c, strict=True)) for c in completions],
         "language": [language_consistency(extract_think(c), r.get("language", "en"))
                      for c, r in zip(completions, records)],
     }
+    chains = [chain_correct(p, c, r) for p, c, r in zip(prompts, completions, records)]
+    if any(v is not None for v in chains):
+        scores["chain_correct"] = [float("nan") if v is None else v for v in chains]
+    return scores
 
 
 @torch.no_grad()

@@ -19,7 +19,9 @@ Pipeline files may build on each other and repeat stages:
   produced, ``start`` giving the first round's;
 - ``reads: <pipeline>`` names the pipeline whose outputs ``{inputs}`` points at;
 - ``compare: [methods]``: after the report, ``r1lab.compare`` sets the runs ``<method>_s<seed>`` side by
-  side over seeds (a pipeline whose rounds are seeds: ``conf/pipeline/ppo_vs_grpo.yaml``).
+  side over seeds (a pipeline whose rounds are seeds: ``conf/pipeline/ppo_vs_grpo.yaml``);
+  ``baseline: <stage>`` names the stage that tested the methods' common start, for the gains over it
+  (``conf/pipeline/supervision.yaml``).
 
 Placeholders in a stage's ``args``: ``{dir}`` (this pipeline's folder), ``{inputs}``, ``{out}`` (the
 stage's own folder), ``{python}``; a ``run: [argv]`` stage runs a command instead (``done`` names the
@@ -72,6 +74,7 @@ class Pipeline:
     overrides: list[str] = field(default_factory=list)
     reads: str | None = None
     compare: list[str] = field(default_factory=list)  # methods whose <method>_s<seed> runs r1lab.compare shows
+    baseline: str | None = None  # the stage whose test metrics are the compared methods' start
 
 
 def _pipeline_file(name_or_path: str) -> Path:
@@ -107,7 +110,7 @@ def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
     path = _pipeline_file(name_or_path)
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     unknown = set(spec) - {"name", "about", "overrides", "stages", "extends", "stage_args", "rounds", "round",
-                           "start", "carry", "reads", "compare"}
+                           "start", "carry", "reads", "compare", "baseline"}
     if unknown:
         raise PipelineError(f"{path}: unknown key(s) {sorted(unknown)}")
     if "extends" in spec:
@@ -138,8 +141,10 @@ def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PipelineError(f"{path}: stage names repeat ({', '.join(names)})")
+    if spec.get("baseline") is not None and spec["baseline"] not in names:
+        raise PipelineError(f"{path}: baseline: no stage {spec['baseline']!r} (stages: {', '.join(names)})")
     return Pipeline(spec.get("name", path.stem), path, stages, overrides, spec.get("reads"),
-                    list(spec.get("compare") or []))
+                    list(spec.get("compare") or []), spec.get("baseline"))
 
 
 def _command(stage: Stage, pipeline: Pipeline, root: Path, folder: Path, extra: list[str]) -> list[str]:
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if pipeline.compare:
             from r1lab.compare import write_comparison
 
-            print(write_comparison(root, pipeline.compare))
+            print(write_comparison(root, pipeline.compare, pipeline.baseline))
     return 0
 
 

@@ -175,14 +175,16 @@ class PolicyModule(FiniteSteps, L.LightningModule):
         scores, examples = evaluate_batch(self.engine, batch, self.eval_cfg, self._eval_seed(split))
         for name, values in scores.items():
             key = f"{split}_{_metric_key(name)}"
-            if key in self.eval_metrics:
+            values = values[~values.isnan()]  # NaN: the metric does not apply to that prompt (chain_correct)
+            if key in self.eval_metrics and values.numel():
                 self.eval_metrics[key].update(values.to(self.device))
         if not self._examples.get(split):
             self._examples[split] = examples
         if split == "test":
             for i, record in enumerate(batch["records"]):
                 self.test_rows.append({"prompt": record["prompt"], "answer": record.get("answer"),
-                                       **{name: float(values[i]) for name, values in scores.items()}})
+                                       **{name: float(values[i]) for name, values in scores.items()
+                                          if not values[i].isnan()}})
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
         logged = log_epoch_metrics(self, split, METRICS, _metric_key)

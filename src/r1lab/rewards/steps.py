@@ -18,6 +18,7 @@ tiny world both are exact:
   and wrong (0.0) otherwise: a false equation, a true one off the chain, a step beyond the chain's
   length, or text that is no equation. Code tasks have no checkable steps: the verifier refuses them
   (``StepsNotApplicable``); a learned process reward model (``r1lab.rm.process``) can score them.
+  ``chain_correct`` asks whether a whole chain is right (evaluation's ``chain_correct``).
 """
 
 from __future__ import annotations
@@ -149,6 +150,20 @@ def arithmetic_step_labels(prompt: str, completion: str, reference: dict, rule: 
             f"(prompt {prompt[:60]!r}) has no rule-checkable steps: use a process reward model or outcome supervision")
     spans = split_steps(completion, rule) if spans is None else spans
     return [float(j < len(chain) and parse_equation(completion[a:b]) == chain[j]) for j, (a, b) in enumerate(spans)]
+
+
+def chain_correct(prompt: str, completion: str, reference: dict, rule: str = "sentence") -> float | None:
+    """1.0 when the chain of thought is the prompt's right chain, step for step (every step right and
+    none missing: a chain that stops early is not fully correct), else 0.0; None for a record that is
+    not a tiny-world arithmetic task (``task`` other than ``arith``), whose steps no rule checks.
+    Evaluation's held-out share of fully correct chains of thought (``test/chain_correct``)."""
+    if reference.get("task") != "arith":
+        return None
+    chain = reference_chain(reference.get("prompt", prompt))
+    if chain is None:
+        return None
+    labels = arithmetic_step_labels(prompt, completion, reference, rule)
+    return float(len(labels) == len(chain) and all(labels))
 
 
 class RuleStepReward:
