@@ -19,7 +19,7 @@ def digit_share(prompt: str, completion: str, reference: dict) -> float:
     return sum(ch.isdigit() for ch in completion) / max(1, len(completion))
 
 
-def _module(backbone, **kw):
+def _module(backbone, cls=GRPO, **kw):
     lr = kw.pop("lr", 3e-3)
     args = dict(
         optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
@@ -27,7 +27,7 @@ def _module(backbone, **kw):
         group_size=4, max_new_tokens=12, beta=0.0, evaluation={"k": 0, "max_new_tokens": 8},
         log_completions_every=0,
     )
-    module = GRPO(backbone, **(args | kw))
+    module = cls(backbone, **(args | kw))
     return module
 
 

@@ -14,24 +14,14 @@ from r1lab.modules.grpo import GRPO
 from r1lab.modules.ppo import PPO
 from r1lab.rewards import RewardSet
 from r1lab.rl import group_advantages, rloo_advantages
-
-
-def digit_share(prompt: str, completion: str, reference: dict) -> float:
-    """An easy reward a random policy can climb: the share of digits in the completion."""
-    return sum(ch.isdigit() for ch in completion) / max(1, len(completion))
+from test_grpo import _module, digit_share
 
 
 def _ppo(backbone, cls=PPO, **kw):
-    lr = kw.pop("lr", 3e-3)
-    args = dict(
-        optimizer=lambda params: torch.optim.AdamW(params, lr=lr),
-        rewards=RewardSet(functions={"digits": digit_share}),
-        group_size=4, max_new_tokens=12, beta=0.0, evaluation={"k": 0, "max_new_tokens": 8},
-        log_completions_every=0,
-    )
+    """test_grpo's module (the digit-share reward, tiny sampling), as PPO with a fast critic by default."""
     if cls is PPO:
-        args["critic"] = {"lr": 3e-3} | kw.pop("critic", {})
-    return cls(backbone, **(args | kw))
+        kw["critic"] = {"lr": 3e-3} | kw.pop("critic", {})
+    return _module(backbone, cls=cls, **kw)
 
 
 def _data(tokenizer, prompts_per_step=4):

@@ -157,7 +157,10 @@ class PolicyModule(FiniteSteps, L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("module.optimizer is not set")
-        params = [p for p in self.parameters() if p.requires_grad]
+        return self.optimizers_for([p for p in self.parameters() if p.requires_grad])
+
+    def optimizers_for(self, params: list):
+        """The configured optimiser (and schedule) over ``params``: tensors, or parameter groups."""
         optimizer = self.optimizer_factory(params=params)
         if self.scheduler_factory is None:
             return optimizer

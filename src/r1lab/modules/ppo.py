@@ -95,12 +95,7 @@ class PPO(GRPO):
         critic = [p for p in self.critic.parameters() if p.requires_grad]
         groups = [{"params": policy},
                   {"params": critic, "lr": self.critic_cfg["lr"], "weight_decay": self.critic_cfg["weight_decay"]}]
-        optimizer = self.optimizer_factory(params=groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.optimizers_for(groups)
 
     # -- advantages: GAE on the critic's values ------------------------------------------------
     @torch.no_grad()

@@ -47,6 +47,7 @@ class ProcessRewardModel(L.LightningModule):
             self.model = build_reward_model(self.backbone).train()
 
     configure_optimizers = PolicyModule.configure_optimizers
+    optimizers_for = PolicyModule.optimizers_for
 
     def forward(self, batch: dict) -> torch.Tensor:
         """(B, K) step logits."""
