@@ -31,9 +31,12 @@ class ProcessRewardModel(L.LightningModule):
         backbone: the ``Backbone`` whose architecture (and, from a path, body weights) the PRM takes.
         optimizer, scheduler: partial factories, as in every stage.
         step_rule: the rule its steps are split by (recorded in the export).
+        evaluation: the policy stages' generation settings (``debug=fast`` sets them for every stage);
+            unused: a PRM is evaluated by classifying the held-out steps, not by generating.
     """
 
-    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, step_rule: str = "sentence") -> None:
+    def __init__(self, backbone: Backbone, optimizer=None, scheduler=None, step_rule: str = "sentence",
+                 evaluation: dict | None = None) -> None:
         super().__init__()
         check_optimizer(optimizer, scheduler)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)

@@ -137,6 +137,7 @@ class RewardModel(FiniteSteps, L.LightningModule):
 
     # the same completion of partial optimizer/scheduler configs as every policy stage
     configure_optimizers = PolicyModule.configure_optimizers
+    optimizers_for = PolicyModule.optimizers_for
 
     def pair_rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(r_chosen (B,), r_rejected (B,)) from one forward over all 2B sequences."""
