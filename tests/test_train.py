@@ -24,7 +24,8 @@ FAST = ["debug=fast", "callbacks.progress_bar=null"]
 def test_every_stage_config_composes_and_instantiates(make_cfg, pipeline_root, tmp_path, stage):
     extra = [f"job.fresh={tmp_path}/a.jsonl", f"job.old={tmp_path}/b.jsonl"] if stage == "replay_mix" else []
     # the PRM's rows come from a task source inside its data source (conf/data/step_labels.yaml)
-    data = ["data.source.tasks.sizes={train:64,val:16,test:16}", "data.batch_size=8"] if stage == "prm" else None
+    data = (["data.source.tasks.sizes={train:64,val:16,test:16}", "data.batch_size=8"]
+            if stage in ("prm", "prm_labels") else None)
     cfg = make_cfg(f"stage={stage}", *FAST, f"paths.output_root={pipeline_root}", *extra, data=data)
     if cfg.get("job") is not None:  # a data-generating stage: its job builds (and checks its settings)
         job = build(cfg, "job")

@@ -22,7 +22,8 @@ REQUIRED = {
     "steps": ("prompt", "completion", "labels"),
     "eval": ("prompt", "answer"),
 }
-SCHEMA = ("prompt", "answer", "response", "chosen", "rejected", "task", "language", "tests", "margin", "id")
+SCHEMA = ("prompt", "answer", "response", "chosen", "rejected", "task", "language", "tests", "margin", "id",
+          "completion", "labels")  # completion + labels: a step-labelled row (mode steps)
 
 
 class DataError(ValueError):
@@ -54,7 +55,11 @@ def normalise_record(row: Mapping, fields: Mapping[str, str], where: str, requir
             column = fields.get(name, name)
             raise DataError(f"{where}: missing field {column!r} (needed as {name!r}; set data.source.fields.{name})")
         value = record[name]
-        if name != "tests" and (not isinstance(value, str | int | float) or str(value).strip() == ""):
+        if name == "labels":
+            if not isinstance(value, list) or not all(
+                    isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in value):
+                raise DataError(f"{where}: field {fields.get(name, name)!r} must be a list of step labels in [0, 1]")
+        elif name != "tests" and (not isinstance(value, str | int | float) or str(value).strip() == ""):
             raise DataError(f"{where}: field {fields.get(name, name)!r} is empty or not text")
     if "answer" in record:
         record["answer"] = str(record["answer"])
