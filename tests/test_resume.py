@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ("step_s", "tokens_per_s", "sample_share", "score_share")  # wall-clock figures differ between runs
+TIMING = ("step_s", "tokens_per_s", "sample_share", "score_share", "peak_memory_gb")  # machine figures differ
 
 
 def _train(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -69,6 +69,23 @@ def test_a_killed_grpo_run_resumes_with_the_same_metrics(pipeline_root, tmp_path
     whole, killed = _kill_and_resume(args, tmp_path, kill_at=5)
     assert _same_metrics(whole, killed) >= 10
     assert {"train/reward", "train/loss", "train/kl", "val/accuracy"} <= set(scalars(whole))
+
+
+@pytest.mark.slow
+def test_a_killed_grpo_run_with_dynamic_sampling_and_step_rewards_resumes_with_the_same_metrics(pipeline_root,
+                                                                                                 tmp_path):
+    """Dynamic sampling draws its extra prompts from the step's own loader batch and process supervision
+    reads the rule verifier: a resumed run sees the same pools and logs the same fill rates, step rewards
+    and losses as the uninterrupted run, and ends on the same weights."""
+    args = ["stage=grpo", "debug=fast", "callbacks.progress_bar=null", f"paths.output_root={pipeline_root}",
+            "data.source.sizes={train:64,val:8,test:8}", "~data.source.families.code", "data.batch_size=6",
+            "module.group_size=2", "module.max_new_tokens=8", "module.dynamic_sampling=true",
+            "module.dynamic_sampling_prompts=4", "module.supervision=both", "trainer.max_steps=6",
+            "trainer.val_check_interval=3", "trainer.log_every_n_steps=1",
+            "callbacks.last_checkpoint.every_n_train_steps=2", "test=false"]
+    whole, killed = _kill_and_resume(args, tmp_path, kill_at=3)
+    assert _same_metrics(whole, killed) >= 10
+    assert {"train/dynamic_fill_rate", "train/extra_rollouts", "train/step_reward"} <= set(scalars(whole))
 
 
 @pytest.mark.slow
