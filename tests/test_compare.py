@@ -95,6 +95,22 @@ def test_dynamic_sampling_counts_the_extra_rollouts_it_sampled_in_the_curves_and
     assert (tmp_path / "comparison.png").is_file()
 
 
+def test_the_runs_own_running_totals_count_the_steps_that_were_not_logged(tmp_path):
+    # logged every 10th step: the running totals, not the logged steps, say what was sampled and spent
+    run = _run(tmp_path, "outcome_s1", 0.5, [2.0, 2.0], [(10, 0.4), (20, 0.5)], prompts=4)
+    writer = SummaryWriter(str(run / "tb"))
+    for step in (10, 20):
+        writer.add_scalar("train/completions_sampled", 8.0 * step, step)
+        writer.add_scalar("train/train_seconds", 2.0 * step, step)
+    writer.close()
+    assert sampled(run) == [(10, 80.0), (20, 160.0)]
+    by_samples, by_time = curves(run)
+    assert by_samples == [(80.0, pytest.approx(0.4)), (160.0, pytest.approx(0.5))]
+    assert by_time == [(20.0, pytest.approx(0.4)), (40.0, pytest.approx(0.5))]
+    _, rows = comparison_table(tmp_path, ["outcome"])
+    assert rows["outcome"][0]["sampled"] == 160.0 and rows["outcome"][0]["train_s"] == 40.0
+
+
 def test_the_baseline_row_and_the_gains_per_sampled_completion_and_per_minute(tmp_path):
     (tmp_path / "start").mkdir()
     (tmp_path / "start" / "metrics.json").write_text(json.dumps(
@@ -124,17 +140,19 @@ def test_the_baseline_row_and_the_gains_per_sampled_completion_and_per_minute(tm
         compare_main([str(tmp_path), "process", "--baseline", "nowhere"])
 
 
-def test_the_supervision_pipeline_compares_four_methods_per_seed_on_one_sample_budget(tmp_path):
+def test_the_supervision_pipeline_compares_five_methods_per_seed_on_one_sample_budget(tmp_path):
     pipeline = load_pipeline("supervision")
-    methods = ["outcome", "process", "both", "dynamic"]
+    methods = ["outcome", "process", "process_answer", "both", "dynamic"]
     assert [s.name for s in pipeline.stages] == ["cold_start", *(f"{m}_s{r}" for r in (1, 2, 3) for m in methods)]
     assert pipeline.compare == methods and pipeline.baseline == "cold_start"
     root = tmp_path / "pipeline" / "supervision"
-    cmds = {s.name: _command(s, pipeline, root, root / s.name, []) for s in pipeline.stages[:5]}
+    cmds = {s.name: _command(s, pipeline, root, root / s.name, []) for s in pipeline.stages[:6]}
     start = f"backbone.name_or_path={tmp_path}/pipeline/tiny/sft/hf"
     assert all(start in c and "stage=grpo" in c and "~data.source.families.code" in c for c in cmds.values())
     assert "train=false" in cmds["cold_start"] and all("seed=1" in c for n, c in cmds.items() if n != "cold_start")
     assert "module.supervision=process" in cmds["process_s1"] and "module.supervision=both" in cmds["both_s1"]
+    answer = "module.answer_step=true"
+    assert answer in cmds["process_answer_s1"] and answer not in cmds["process_s1"]
 
     def last(cmd, key, default):  # the value a key ends up with (the later override wins)
         values = [a.split("=", 1)[1] for a in cmd if a.startswith(key + "=")]
@@ -146,7 +164,7 @@ def test_the_supervision_pipeline_compares_four_methods_per_seed_on_one_sample_b
         extra = int(last(cmd, "module.dynamic_sampling_max_rollouts", 0)) if dynamic else 0
         return trained, int(last(cmd, "trainer.max_steps", 0)) * (trained + extra)
 
-    assert [budget(cmds[f"{m}_s1"]) for m in methods] == [(128, 7680)] * 4
+    assert [budget(cmds[f"{m}_s1"]) for m in methods] == [(128, 7680)] * 5
     pool = int(last(cmds["dynamic_s1"], "data.batch_size", 16))
     assert (pool - 16) * 8 == int(last(cmds["dynamic_s1"], "module.dynamic_sampling_max_rollouts", 0))
 

@@ -72,6 +72,13 @@ def test_constant_groups_are_dropped_and_the_batch_is_still_full(tiny_backbone, 
         assert informative_groups(advantages, 4).all()  # no group without a spread was trained on
         assert log["train/zero_std_groups"] == 0.0 and log["train/dynamic_fill_rate"] == 1.0
         assert log["train/extra_rollouts"] > 0  # some odd answers came first: more prompts were sampled
+    # the running total of sampled completions: the trained 16 and the extra ones, every step
+    drawn, total = [], 0.0
+    for log in recorded["logs"]:
+        total += 16 + float(log["train/extra_rollouts"])
+        drawn.append(total)
+    assert [float(log["train/completions_sampled"]) for log in recorded["logs"]] == pytest.approx(drawn)
+    assert module.completions_sampled == pytest.approx(total) and module.train_seconds > 0
     # without dynamic sampling the same kind of batches hold constant groups
     recorded["losses"].clear(), recorded["logs"].clear()
     torch.manual_seed(0)

@@ -73,6 +73,28 @@ def test_step_scores_from_sampled_text_to_tensors(tiny_backbone, tokenizer):
     assert log["train/steps"].item() == pytest.approx(6 / 4)
 
 
+def test_the_answer_step_adds_the_accuracy_reward_at_the_last_token(tiny_backbone, tokenizer):
+    """module.answer_step: the answer is one more step, at the completion's last token, rewarded by the
+    accuracy reward; a completion that stops its chain early but answers wrong no longer looks all right."""
+    module = _module(tiny_backbone, supervision="process", group_size=2, answer_step=True)
+    roll = _roll(tokenizer, ["<think> 12 plus 7 is 19. 19 minus 5 is 14. </think> <answer> 14 </answer>",
+                             "<think> 12 plus 7 is 19. </think> <answer> 19 </answer>",  # stops early
+                             "<answer> 14 </answer>",  # no steps: the reward-0 step, then the answer
+                             "<think> 12 plus 7 is 18. 18 minus 5 is 13. </think> <answer> 13 </answer>"])
+    steps = module.step_scores(roll)
+    assert steps["rewards"].tolist() == [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]]
+    assert steps["mask"].tolist() == [[True] * 3, [True, True, False], [True, True, False], [True] * 3]
+    lengths = (roll["completion_mask"].sum(-1) - 1).tolist()
+    assert [steps["ends"][i, int(steps["mask"][i].sum()) - 1].item() for i in range(4)] == lengths
+    _, log = module.apply_supervision(roll, torch.zeros(4))
+    assert log["train/all_steps_correct"].item() == pytest.approx(0.25)  # the early stop's answer is wrong
+    roll.pop("steps")
+    roll["per_function"] = {"accuracy": torch.tensor([0.0, 1.0, 0.0, 1.0])}  # the rollout's own scores win
+    assert module.step_scores(roll)["rewards"][:, -1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="module.answer_step: adds the answer to the steps of process supervision"):
+        _module(tiny_backbone, answer_step=True)
+
+
 class Raising:
     def score_steps(self, *args):
         raise AssertionError("outcome supervision must not score steps")

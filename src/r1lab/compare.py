@@ -8,7 +8,7 @@ the runs report ``test/chain_correct``), the final training reward, the completi
 the peak memory and the parameters held in memory (policy, reference, critic), all read from each
 run's ``metrics.json``, ``stage.json`` and TensorBoard scalars. With a ``baseline`` (the folder of a
 run that tested the methods' common start on the same test split), the test-accuracy gain over it
-per 1k sampled completions and per minute of training (the summed ``train/step_s``). Curves (mean
+per 1k sampled completions and per minute of training (``train/train_seconds``). Curves (mean
 over seeds): validation accuracy against sampled completions and against training time, and the
 validation share of fully correct chains where logged. Writes ``comparison.md`` and
 ``comparison.png`` into the folder and returns the table.
@@ -46,8 +46,13 @@ def completions_per_step(run: Path) -> int:
 
 
 def sampled(run: Path) -> list[tuple[int, float]]:
-    """(step, completions sampled up to and including it) at every logged training step: the trained
-    completions per step plus the step's ``train/extra_rollouts`` where the run logged them."""
+    """(step, completions sampled up to and including it) at every logged training step: the run's own
+    running total (``train/completions_sampled``, which counts every step whatever the logging
+    interval), or, in runs that did not log it, the trained completions per step plus the step's
+    ``train/extra_rollouts``, summed over the logged steps (exact only when every step was logged)."""
+    total = scalars(run, "train/completions_sampled")
+    if total:
+        return total
     per_step = completions_per_step(run)
     extra = dict(scalars(run, "train/extra_rollouts"))
     out, total = [], 0.0
@@ -77,7 +82,7 @@ def summarise(run: Path, start_accuracy: float | None = None) -> dict:
     steps = scalars(run, "train/step_s")
     stage = json.loads((run / "stage.json").read_text()) if (run / "stage.json").is_file() else {}
     drawn = sampled(run)[-1][1] if steps else None
-    train_s = sum(v for _, v in steps) if steps else None
+    train_s = training_time(run)[-1][1] if steps else None
     accuracy = metrics.get("test/accuracy")
     gain = None if accuracy is None or start_accuracy is None else accuracy - start_accuracy
     return {
@@ -151,14 +156,23 @@ def comparison_table(root: Path, methods: list[str], baseline: str | None = None
     return "\n".join(lines), rows
 
 
+def training_time(run: Path) -> list[tuple[int, float]]:
+    """(step, seconds of training up to and including it): the run's running total
+    (``train/train_seconds``), or the logged ``train/step_s`` summed (exact when every step was logged)."""
+    total = scalars(run, "train/train_seconds")
+    if total:
+        return total
+    elapsed, seconds = [], 0.0
+    for step, s in scalars(run, "train/step_s"):
+        seconds += s
+        elapsed.append((step, seconds))
+    return elapsed
+
+
 def curves(run: Path) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Validation accuracy against sampled completions and against wall-clock seconds of training. A
     validation at step s comes after the training steps logged at steps <= s."""
-    drawn = sampled(run)
-    elapsed, total = [], 0.0
-    for step, seconds in scalars(run, "train/step_s"):
-        total += seconds
-        elapsed.append((step, total))
+    drawn, elapsed = sampled(run), training_time(run)
     val = scalars(run, "val/accuracy")
     return [(_upto(drawn, step), acc) for step, acc in val], [(_upto(elapsed, step), acc) for step, acc in val]
 

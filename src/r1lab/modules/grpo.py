@@ -85,6 +85,10 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         step_rewards: the source of step rewards, an object with ``score_steps(prompts, completions,
             references, spans)``: the tiny world's rule verifier (default) or a process reward model
             (``r1lab.rm.ProcessReward``). Used only when supervision is not outcome.
+        answer_step: with process supervision, the answer as one more step at the completion's last
+            token, rewarded by the accuracy reward (Math-Shepherd's and DeepSeekMath's last step holds
+            the final answer). Without it the steps inside ``<think>`` are all that is rewarded, and a
+            policy can raise its step rewards by writing fewer steps (measured: docs/process_supervision.md).
         dynamic_sampling: DAPO's dynamic sampling (arXiv 2503.14476, §3.2): drop groups whose
             advantages are all 0 (rewards without spread) and fill the batch with informative ones
             (``_dynamic_rollout``). The loader's batch (``data.batch_size``) is then the pool of
@@ -130,6 +134,7 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         supervision: str = "outcome",
         step_rule: str = "sentence",
         step_rewards=None,
+        answer_step: bool = False,
         dynamic_sampling: bool = False,
         dynamic_sampling_prompts: int = 8,
         dynamic_sampling_max_rollouts: int | None = None,
@@ -163,6 +168,12 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
             raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
                              "references, spans)")
         self.supervision, self.step_rule = supervision, step_rule
+        if not isinstance(answer_step, bool):
+            raise ValueError(f"module.answer_step: must be true or false, got {answer_step!r}")
+        if answer_step and supervision == "outcome":
+            raise ValueError("module.answer_step: adds the answer to the steps of process supervision; set "
+                             "module.supervision=process or both (outcome supervision has no steps)")
+        self.answer_step = answer_step
         if not isinstance(dynamic_sampling, bool):
             raise ValueError(f"module.dynamic_sampling: must be true or false, got {dynamic_sampling!r}")
         check_number("module.dynamic_sampling_prompts", dynamic_sampling_prompts, 1, integer=True)
@@ -183,6 +194,10 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         self.max_grad_norm, self.log_completions_every, self.seed = max_grad_norm, log_completions_every, seed
         self.reference: torch.nn.Module | None = None
         self.rollouts_done = 0
+        # running totals over the run (kept in checkpoints): completions sampled on all devices, with
+        # dynamic sampling's extra ones, and seconds spent in training steps; logged every step they
+        # count every step, whatever trainer.log_every_n_steps is (r1lab.compare reads them)
+        self.completions_sampled, self.train_seconds = 0.0, 0.0
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -192,10 +207,15 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["grpo_rollouts_done"] = self.rollouts_done
+        checkpoint["grpo_totals"] = {"completions_sampled": self.completions_sampled,
+                                     "train_seconds": self.train_seconds}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.rollouts_done = checkpoint.get("grpo_rollouts_done", 0)
+        totals = checkpoint.get("grpo_totals", {})
+        self.completions_sampled = float(totals.get("completions_sampled", 0.0))
+        self.train_seconds = float(totals.get("train_seconds", 0.0))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Manual optimisation checks its gradients in ``policy_update`` before stepping."""
@@ -343,6 +363,7 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         roll = self._dynamic_rollout(batch) if self.dynamic_sampling else self.rollout(batch)
         t_sample = time.perf_counter() - t0  # with dynamic sampling, its rounds' scoring too
         rewards, per_function = self.score(roll)
+        roll["per_function"] = per_function  # the answer step of process supervision reads accuracy
         advantages, advantage_log = self.compute_advantages(roll, rewards)  # (B·G,) or (B·G, T)
         advantages, step_log = self.apply_supervision(roll, advantages)  # process supervision: (B·G, T)
         t_score = time.perf_counter() - t0 - t_sample
@@ -350,6 +371,10 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         loss_metrics = self.policy_update(roll, advantages)
         self.rollouts_done += 1
         elapsed = time.perf_counter() - t0
+        extra = roll.get("dynamic_log", {}).get("train/extra_rollouts", torch.tensor(0.0))
+        drawn = torch.tensor(float(roll["completion_mask"].shape[0])) + extra.cpu()
+        self.completions_sampled += float(self._global(drawn.to(self.device)))
+        self.train_seconds += elapsed
         lengths = roll["completion_mask"].sum(-1).float()
         spread = rewards.view(-1, self.G).std(-1)
         log = {
@@ -362,6 +387,8 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
             "train/score_share": torch.tensor(t_score / elapsed),
             "train/peak_memory_gb": torch.tensor(peak_memory_gb(self.device)),
             "train/params_in_memory": torch.tensor(float(sum(p.numel() for p in self.parameters()))),
+            "train/completions_sampled": torch.tensor(self.completions_sampled),
+            "train/train_seconds": torch.tensor(self.train_seconds),
         }
         log |= {f"train/reward/{k}": v.mean() for k, v in per_function.items()}
         for f in self.rewards.functions:  # a neural reward's raw score: its normalised mean is ~0 by design

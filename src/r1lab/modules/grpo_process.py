@@ -72,10 +72,27 @@ class ProcessSupervision:
             else:
                 rewards.append([0.0])
                 ends.append([max(int(length) - 1, 0)])
+        if self.answer_step:  # the answer as the last step, at the last token, rewarded by accuracy
+            accuracy = self.answer_rewards(roll)
+            for i, length in enumerate(lengths):
+                rewards[i].append(accuracy[i])
+                ends[i].append(max(int(length) - 1, 0))
         r, e, m = pad_steps(rewards, ends)
         roll["steps"] = {"rewards": r.to(self.device), "ends": e.to(self.device), "mask": m.to(self.device),
                          "real": torch.tensor([bool(s) for s in spans], device=self.device)}
         return roll["steps"]
+
+
+    def answer_rewards(self, roll: dict) -> list[float]:
+        """Each completion's accuracy reward: the rollout's own (``roll["per_function"]``, scored once
+        per step), else from the accuracy function."""
+        scored = roll.get("per_function", {}).get("accuracy")
+        if scored is not None:
+            return [float(x) for x in scored.tolist()]
+        from r1lab.rewards import accuracy_reward
+
+        prompts = [r["prompt"] for r in roll["records"]]
+        return [float(accuracy_reward(p, t, r)) for p, t, r in zip(prompts, roll["texts"], roll["records"])]
 
 
 class DynamicSampling:
