@@ -84,7 +84,7 @@ ppo-vs-grpo: $(STAMP) ## PPO (value model, GAE) vs GRPO vs RLOO from the tiny co
 	$(BIN)/python -m r1lab.pipeline --pipeline tiny --until sft
 	$(BIN)/python -m r1lab.pipeline --pipeline ppo_vs_grpo $(ARGS)
 
-supervision: $(STAMP) ## outcome vs process vs both supervision, dynamic sampling on/off, 3 seeds each: outputs/pipeline/supervision/comparison.md
+supervision: $(STAMP) ## outcome vs process (with and without the answer step) vs both, dynamic sampling on/off, 3 seeds each: outputs/pipeline/supervision/comparison.md
 	$(BIN)/python -m r1lab.pipeline --pipeline tiny --until sft
 	$(BIN)/python -m r1lab.pipeline --pipeline supervision $(ARGS)
 
