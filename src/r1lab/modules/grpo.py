@@ -35,7 +35,6 @@ from r1lab.generation import SamplingParams, mix_seed, sequence_logprobs
 from r1lab.modules.base import PolicyModule, peak_memory_gb
 from r1lab.modules.grpo_process import DynamicSampling, ProcessSupervision
 from r1lab.rewards.compose import RewardSet
-from r1lab.rewards.steps import RuleStepReward, step_pattern
 from r1lab.rl import (
     ADVANTAGE_SCALES,
     AGGREGATIONS,
@@ -48,7 +47,6 @@ from r1lab.rl import (
     token_rewards,
     whiten,
 )
-from r1lab.rl.process import SUPERVISIONS
 from r1lab.tensors import masked_mean
 
 ESTIMATORS = ("group", "rloo", "reinforce_pp")
@@ -77,25 +75,10 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         mask_truncated: leave completions without EOS out of the loss (DAPO's overlong filtering).
         max_grad_norm: gradient clipping (manual optimisation clips here, not in the trainer).
         seed: base seed of the rollout sampler (combined with the step and the rank).
-        supervision: outcome (one advantage per completion, §4.1.2) | process (per-token advantages
-            from step rewards, DeepSeekMath arXiv 2402.03300 §4.1.3) | both (their sum; see
-            ``r1lab.rl.process.combined_advantages``).
-        step_rule: how a completion's chain of thought is cut into steps: line | sentence | a regex
-            whose matches are the steps (``r1lab.rewards.steps.split_steps``).
-        step_rewards: the source of step rewards, an object with ``score_steps(prompts, completions,
-            references, spans)``: the tiny world's rule verifier (default) or a process reward model
-            (``r1lab.rm.ProcessReward``). Used only when supervision is not outcome.
-        answer_step: with process supervision, the answer as one more step at the completion's last
-            token, rewarded by the accuracy reward (Math-Shepherd's and DeepSeekMath's last step holds
-            the final answer). Without it the steps inside ``<think>`` are all that is rewarded, and a
-            policy can raise its step rewards by writing fewer steps (measured: docs/process_supervision.md).
-        dynamic_sampling: DAPO's dynamic sampling (arXiv 2503.14476, §3.2): drop groups whose
-            advantages are all 0 (rewards without spread) and fill the batch with informative ones
-            (``_dynamic_rollout``). The loader's batch (``data.batch_size``) is then the pool of
-            candidate prompts of a step, of which ``dynamic_sampling_prompts`` groups are trained.
-        dynamic_sampling_prompts: B, groups trained per step under dynamic sampling (<= the pool).
-        dynamic_sampling_max_rollouts: the most completions sampled per step beyond B·G (None: as
-            many as the pool holds).
+        supervision, step_rule, step_rewards, answer_step: process supervision
+            (``ProcessSupervision.configure_supervision``, ``modules/grpo_process.py``).
+        dynamic_sampling, dynamic_sampling_prompts, dynamic_sampling_max_rollouts: DAPO's dynamic
+            sampling (``DynamicSampling.configure_dynamic_sampling``).
     """
 
     not_hparams = (*PolicyModule.not_hparams, "rewards", "step_rewards")  # objects, not plain data
@@ -159,29 +142,8 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
             raise ValueError(f"module.group_size: estimator {estimator!r} needs a group of 2 or more, got {group_size}")
         check_choice("module.aggregation", aggregation, AGGREGATIONS)
         check_number("module.max_grad_norm", max_grad_norm, 0.0, low_open=True, allow_none=True)
-        check_choice("module.supervision", supervision, SUPERVISIONS)
-        try:
-            step_pattern(step_rule)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"module.step_rule: {error}") from None
-        if step_rewards is not None and not hasattr(step_rewards, "score_steps"):
-            raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
-                             "references, spans)")
-        self.supervision, self.step_rule = supervision, step_rule
-        if not isinstance(answer_step, bool):
-            raise ValueError(f"module.answer_step: must be true or false, got {answer_step!r}")
-        if answer_step and supervision == "outcome":
-            raise ValueError("module.answer_step: adds the answer to the steps of process supervision; set "
-                             "module.supervision=process or both (outcome supervision has no steps)")
-        self.answer_step = answer_step
-        if not isinstance(dynamic_sampling, bool):
-            raise ValueError(f"module.dynamic_sampling: must be true or false, got {dynamic_sampling!r}")
-        check_number("module.dynamic_sampling_prompts", dynamic_sampling_prompts, 1, integer=True)
-        check_number("module.dynamic_sampling_max_rollouts", dynamic_sampling_max_rollouts, 0, integer=True,
-                     allow_none=True)
-        self.dynamic_sampling, self.dynamic_prompts = dynamic_sampling, dynamic_sampling_prompts
-        self.dynamic_max_rollouts = dynamic_sampling_max_rollouts
-        self.step_rewards = RuleStepReward() if step_rewards is None else step_rewards
+        self.configure_supervision(supervision, step_rule, step_rewards, answer_step)
+        self.configure_dynamic_sampling(dynamic_sampling, dynamic_sampling_prompts, dynamic_sampling_max_rollouts)
         self.automatic_optimization = False
         self.rewards = rewards
         self.G, self.mu = group_size, num_iterations

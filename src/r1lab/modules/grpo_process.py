@@ -12,13 +12,50 @@ from __future__ import annotations
 
 import torch
 
-from r1lab.rewards.steps import split_steps, token_spans
+from r1lab.checks import check_choice, check_number
+from r1lab.rewards.steps import RuleStepReward, split_steps, step_pattern, token_spans
 from r1lab.rl.dynamic import concat_rollouts, informative_groups, select_groups, take_rows
-from r1lab.rl.process import combined_advantages, pad_steps
+from r1lab.rl.process import SUPERVISIONS, combined_advantages, pad_steps
 
 
 class ProcessSupervision:
     """Outcome, process or both kinds of supervision (``apply_supervision``)."""
+
+    def configure_supervision(self, supervision: str = "outcome", step_rule: str = "sentence", step_rewards=None,
+                              answer_step: bool = False) -> None:
+        """Check and keep the settings (errors name the ``module.`` key).
+
+        Args:
+            supervision: outcome (one advantage per completion, DeepSeekMath §4.1.2) | process
+                (per-token advantages from step rewards, §4.1.3) | both (their sum; see
+                ``r1lab.rl.process.combined_advantages``).
+            step_rule: how a completion's chain of thought is cut into steps: line | sentence | a
+                regex whose matches are the steps (``r1lab.rewards.steps.split_steps``).
+            step_rewards: the source of step rewards, an object with ``score_steps(prompts,
+                completions, references, spans)``: the tiny world's rule verifier (default) or a
+                process reward model (``r1lab.rm.ProcessReward``). Used only when supervision is not
+                outcome.
+            answer_step: with process supervision, the answer as one more step at the completion's
+                last token, rewarded by the accuracy reward (Math-Shepherd's and DeepSeekMath's last
+                step holds the final answer). Without it the steps inside ``<think>`` are all that
+                is rewarded, and a policy raises its step rewards by writing fewer steps (measured:
+                docs/process_supervision.md).
+        """
+        check_choice("module.supervision", supervision, SUPERVISIONS)
+        try:
+            step_pattern(step_rule)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"module.step_rule: {error}") from None
+        if step_rewards is not None and not hasattr(step_rewards, "score_steps"):
+            raise ValueError(f"module.step_rewards: {step_rewards!r} has no score_steps(prompts, completions, "
+                             "references, spans)")
+        if not isinstance(answer_step, bool):
+            raise ValueError(f"module.answer_step: must be true or false, got {answer_step!r}")
+        if answer_step and supervision == "outcome":
+            raise ValueError("module.answer_step: adds the answer to the steps of process supervision; set "
+                             "module.supervision=process or both (outcome supervision has no steps)")
+        self.supervision, self.step_rule, self.answer_step = supervision, step_rule, answer_step
+        self.step_rewards = RuleStepReward() if step_rewards is None else step_rewards
 
     def outcome_advantages(self, roll: dict, rewards: torch.Tensor) -> torch.Tensor:
         """The outcome advantages a step starts from, as ``training_step`` computes them (by
@@ -97,6 +134,27 @@ class ProcessSupervision:
 
 class DynamicSampling:
     """DAPO's dynamic sampling (``_dynamic_rollout``)."""
+
+    def configure_dynamic_sampling(self, dynamic_sampling: bool = False, dynamic_sampling_prompts: int = 8,
+                                   dynamic_sampling_max_rollouts: int | None = None) -> None:
+        """Check and keep the settings (errors name the ``module.`` key).
+
+        Args:
+            dynamic_sampling: DAPO's dynamic sampling (arXiv 2503.14476, §3.2): drop groups whose
+                advantages are all 0 (rewards without spread) and fill the batch with informative
+                ones. The loader's batch (``data.batch_size``) is then the pool of candidate prompts
+                of a step, of which ``dynamic_sampling_prompts`` groups are trained.
+            dynamic_sampling_prompts: B, groups trained per step under dynamic sampling (<= the pool).
+            dynamic_sampling_max_rollouts: the most completions sampled per step beyond B·G (None:
+                as many as the pool holds).
+        """
+        if not isinstance(dynamic_sampling, bool):
+            raise ValueError(f"module.dynamic_sampling: must be true or false, got {dynamic_sampling!r}")
+        check_number("module.dynamic_sampling_prompts", dynamic_sampling_prompts, 1, integer=True)
+        check_number("module.dynamic_sampling_max_rollouts", dynamic_sampling_max_rollouts, 0, integer=True,
+                     allow_none=True)
+        self.dynamic_sampling, self.dynamic_prompts = dynamic_sampling, dynamic_sampling_prompts
+        self.dynamic_max_rollouts = dynamic_sampling_max_rollouts
 
     @torch.no_grad()
     def _dynamic_rollout(self, batch: dict) -> dict:
