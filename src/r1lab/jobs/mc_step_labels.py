@@ -124,10 +124,9 @@ def rule_labels(record: dict, completion: str, rule: str) -> list[float] | None:
     if record.get("task", "arith") != "arith":
         return None
     try:
-        labels = arithmetic_step_labels(record["prompt"], completion, record, rule)
+        return arithmetic_step_labels(record["prompt"], completion, record, rule)
     except StepsNotApplicable:
         return None
-    return [float(x) for x in labels] if labels is not None else None
 
 
 def label_batch(engine: RolloutEngine, tok: Tokenized, records: list[dict], config: MonteCarloConfig,

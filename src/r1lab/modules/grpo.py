@@ -333,9 +333,8 @@ class GRPO(ProcessSupervision, DynamicSampling, PolicyModule):
         loss_metrics = self.policy_update(roll, advantages)
         self.rollouts_done += 1
         elapsed = time.perf_counter() - t0
-        extra = roll.get("dynamic_log", {}).get("train/extra_rollouts", torch.tensor(0.0))
-        drawn = torch.tensor(float(roll["completion_mask"].shape[0])) + extra.cpu()
-        self.completions_sampled += float(self._global(drawn.to(self.device)))
+        drawn = roll["completion_mask"].shape[0] + float(roll.get("dynamic_log", {}).get("train/extra_rollouts", 0.0))
+        self.completions_sampled += float(self._global(torch.tensor(drawn, device=self.device)))
         self.train_seconds += elapsed
         lengths = roll["completion_mask"].sum(-1).float()
         spread = rewards.view(-1, self.G).std(-1)

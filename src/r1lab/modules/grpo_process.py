@@ -119,7 +119,6 @@ class ProcessSupervision:
                          "real": torch.tensor([bool(s) for s in spans], device=self.device)}
         return roll["steps"]
 
-
     def answer_rewards(self, roll: dict) -> list[float]:
         """Each completion's accuracy reward: the rollout's own (``roll["per_function"]``, scored once
         per step), else from the accuracy function."""
