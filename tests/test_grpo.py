@@ -38,10 +38,10 @@ def _data(tokenizer, prompts_per_step=4):
     return dm
 
 
-def _fit(module, dm, steps):
+def _fit(module, dm, steps, precision="32-true"):
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0)
+                        num_sanity_val_steps=0, precision=precision)
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -97,6 +97,26 @@ def test_sample_reuse_uses_the_stored_old_logprobs(tiny_backbone, tokenizer, rec
     assert torch.allclose(logp1[on], old1[on], atol=1e-4)  # first pass: ratio = 1
     on = old2 != 0
     assert (logp2[on] - old2[on]).abs().max() > 1e-3  # second pass: the policy moved, ratio != 1
+
+
+def test_a_bf16_autocast_step_keeps_fp32_logprobs_and_weights_and_learns(tiny_backbone, tokenizer, recorded):
+    """trainer.precision=bf16-mixed (the smol pipeline's GRPO stage): rollout and training pass under CPU
+    autocast, the loss's log-probs and the weights in fp32, the ratio starting at 1 within bf16 rounding."""
+    torch.manual_seed(0)
+    module = _module(tiny_backbone, lr=1e-3)
+    _fit(module, _data(tokenizer), steps=1, precision="bf16-mixed")
+    (logp, old, _), roll = recorded["losses"][0], recorded["rollouts"][0]
+    assert logp.dtype == old.dtype == torch.float32
+    on = roll["completion_mask"].bool()
+    assert (logp[on] - old[on]).abs().max() < 0.05  # same precision in sampling and training: ratio ~ 1
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.policy.parameters())
+    rewards, _ = module.score(roll)
+    advantages = grpo_mod.group_advantages(rewards, module.G)
+    with torch.no_grad():
+        after = sequence_logprobs(module.policy, roll["prompt_ids"], roll["prompt_mask"], roll["completion_ids"],
+                                  roll["completion_mask"]).sum(-1)
+    delta = after - roll["old_logp"].sum(-1)
+    assert torch.corrcoef(torch.stack([delta, advantages]))[0, 1] > 0.5  # the update follows the advantages
 
 
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_sum_norm"])
