@@ -181,3 +181,16 @@ def test_paired_gain_against_hand_computed_values(tmp_path):
     lines = gain_lines(tmp_path, ["sft", "grpo"])
     se_acc, se_gain = (0.75 * 0.25 / 4) ** 0.5, (0.9166667 / 4) ** 0.5
     assert f"| grpo | sft | 0.750 ± {se_acc:.3f} | +0.250 ± {se_gain:.3f} | 4 |" in lines
+    assert not any(line.startswith("| sft |") for line in lines)  # it started from no stage
+    # a stage's pipeline entry can name more stages to measure it against: the reverse gain, flagged
+    lines = gain_lines(tmp_path, ["sft", "grpo"], {"sft": ["grpo"]})
+    se_back = (0.6 * 0.4 / 5) ** 0.5
+    assert f"| sft | grpo (compared) | 0.600 ± {se_back:.3f} | -0.250 ± {se_gain:.3f} | 4 |" in lines
+
+
+def test_compare_to_must_name_earlier_stages(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nstages:\n  - {name: a}\n  - {name: b, compare_to: [c]}\n")
+    with pytest.raises(PipelineError, match=r"bad.yaml: stage b: compare_to must list earlier stages.*before it: a"):
+        load_pipeline(str(bad))
+    assert load_pipeline("smol").stages[4].compare_to == ["sft", "grpo"]

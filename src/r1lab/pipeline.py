@@ -61,6 +61,7 @@ class Stage:
     args: list[str] = field(default_factory=list)
     run: list[str] | None = None  # a command instead of a stage config
     done: str | None = None  # for a command: the file (relative to its folder) that marks it finished
+    compare_to: list[str] = field(default_factory=list)  # earlier stages the report also measures its gain over
 
     def marker(self, folder: Path) -> Path:
         return folder / (self.done or ("done.json" if self.run is not None else DONE))
@@ -96,7 +97,7 @@ def _fill(text: str, values: dict[str, str]) -> str:
 def _stage(spec, path: Path, where: str, values: dict[str, str] | None = None) -> Stage:
     if not isinstance(spec, dict) or "name" not in spec or ("run" in spec and ("stage" in spec or "args" in spec)):
         raise PipelineError(f"{path}: {where} needs a name and either stage/args or run")
-    unknown = set(spec) - {"name", "about", "stage", "args", "run", "done"}
+    unknown = set(spec) - {"name", "about", "stage", "args", "run", "done", "compare_to"}
     if unknown:
         raise PipelineError(f"{path}: {where}: unknown key(s) {sorted(unknown)}")
     values = values or {}
@@ -141,6 +142,10 @@ def load_pipeline(name_or_path: str, rounds: int | None = None) -> Pipeline:
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise PipelineError(f"{path}: stage names repeat ({', '.join(names)})")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage.compare_to, list) or any(c not in names[:i] for c in stage.compare_to):
+            raise PipelineError(f"{path}: stage {stage.name}: compare_to must list earlier stages "
+                                f"(got {stage.compare_to!r}; before it: {', '.join(names[:i]) or 'none'})")
     if spec.get("baseline") is not None and spec["baseline"] not in names:
         raise PipelineError(f"{path}: baseline: no stage {spec['baseline']!r} (stages: {', '.join(names)})")
     return Pipeline(spec.get("name", path.stem), path, stages, overrides, spec.get("reads"),
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report and not args.stage and args.until is None:
         from r1lab.report import write_report
 
-        table = write_report(root, names)
+        table = write_report(root, names, {s.name: s.compare_to for s in pipeline.stages if s.compare_to})
         print(table)
         if pipeline.compare:
             from r1lab.compare import write_comparison

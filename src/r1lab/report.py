@@ -188,22 +188,30 @@ def paired_gain(after: dict[str, float], before: dict[str, float]) -> tuple[floa
     return statistics.fmean(diffs), statistics.stdev(diffs) / n ** 0.5, n
 
 
-def gain_lines(root: Path, stages: list[str]) -> list[str]:
-    """Each stage's test accuracy change over the stage it started from, paired by prompt."""
+def gain_lines(root: Path, stages: list[str], compare_to: dict[str, list[str]] | None = None) -> list[str]:
+    """Each stage's test accuracy change over the stage it started from, and over the stages its pipeline
+    entry's ``compare_to`` names (e.g. a cold start trained from a hub model, against the zero-shot stage),
+    paired by prompt."""
     rows = []
     for name in stages:
-        source = started_from(root / name, stages)
-        after, before = predictions(root / name), predictions(root / source) if source else None
-        if after is None or before is None:
+        after = predictions(root / name)
+        if after is None:
             continue
-        gain, se, n = paired_gain(after, before)
-        acc = sum(after.values()) / len(after)
-        se_acc = (acc * (1 - acc) / len(after)) ** 0.5
-        rows.append(f"| {name} | {source} | {acc:.3f} ± {se_acc:.3f} | {gain:+.3f} ± {se:.3f} | {n} |")
+        source = started_from(root / name, stages)
+        for other in dict.fromkeys([*([source] if source else []), *(compare_to or {}).get(name, [])]):
+            before = predictions(root / other)
+            if before is None:
+                continue
+            gain, se, n = paired_gain(after, before)
+            acc = sum(after.values()) / len(after)
+            se_acc = (acc * (1 - acc) / len(after)) ** 0.5
+            label = other if other == source else f"{other} (compared)"
+            rows.append(f"| {name} | {label} | {acc:.3f} ± {se_acc:.3f} | {gain:+.3f} ± {se:.3f} | {n} |")
     if not rows:
         return []
-    return ["Test accuracy gained over the stage each started from (paired by prompt; ± one standard error):",
-            "", "| stage | from | accuracy ± s.e. | gain ± s.e. | prompts |", "|---|---|---|---|---|", *rows, ""]
+    return ["Test accuracy gained over the stage each started from, and over the stages its pipeline entry "
+            "compares it to (paired by prompt; ± one standard error):",
+            "", "| stage | over | accuracy ± s.e. | gain ± s.e. | prompts |", "|---|---|---|---|---|", *rows, ""]
 
 
 def stage_summaries(root: Path, stages: list[str]) -> list[str]:
@@ -212,12 +220,12 @@ def stage_summaries(root: Path, stages: list[str]) -> list[str]:
             if (root / name / "summary.md").is_file()]
 
 
-def write_report(root: Path, stages: list[str]) -> str:
+def write_report(root: Path, stages: list[str], compare_to: dict[str, list[str]] | None = None) -> str:
     """Write results.md and the plots into the pipeline folder; return the table."""
     root = Path(root)
     table, _ = results_table(root, stages)
     plots = plot_curves(root, stages, root)
-    table = "\n".join([table, "", *gain_lines(root, stages), *reward_model_lines(root, stages), "",
+    table = "\n".join([table, "", *gain_lines(root, stages, compare_to), *reward_model_lines(root, stages), "",
                        *stage_summaries(root, stages)]).rstrip()
     where = f"Pipeline folder: `{root}`. Test split: each stage's exported weights (its final ones, or its best)."
     body = ["# Results", "", where, "", table, ""]
