@@ -129,3 +129,30 @@ def test_the_prm_stage_trains_on_step_labels_and_exports_what_grpo_loads(make_cf
     spans = [split_steps(r["completion"], "sentence") for r in rows]
     scores = reward.score_steps([r["prompt"] for r in rows], [r["completion"] for r in rows], [{}] * 4, spans)
     assert [len(s) for s in scores] == [len(s) for s in spans] and all(0 < x < 1 for s in scores for x in s)
+
+
+def test_the_validation_step_accuracy_is_over_steps_not_an_average_of_batches(tiny_backbone, one_thread):
+    import lightning as L
+
+    torch.manual_seed(1)
+    module = ProcessRewardModel(tiny_backbone, optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))
+    module.configure_model()
+    module.tok = Tokenized(tiny_backbone.tokenizer, "plain", 64, 64)
+    rows = sorted(labelled_rows(), key=lambda r: len(r["labels"]))
+    batches = [{"records": rows[:3]}, {"records": rows[3:]}]  # few short completions, then many long ones
+    with torch.no_grad():
+        tensors = module.step_tensors(rows)
+        right = ((module(tensors) > 0) == (tensors["step_labels"] > 0.5)) & tensors["step_mask"]
+    exact = right.sum().item() / tensors["step_mask"].sum().item()
+    per_batch = []
+    for b in batches:
+        with torch.no_grad():
+            t = module.step_tensors(b["records"])
+            r = ((module(t) > 0) == (t["step_labels"] > 0.5)) & t["step_mask"]
+        per_batch.append(r.sum().item() / t["step_mask"].sum().item())
+    assert abs(sum(per_batch) / 2 - exact) > 1e-3  # the two averages differ on these batches
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert metrics["val/step_accuracy"] == pytest.approx(exact, abs=1e-6)
+    whole = sum(all(x) for x in (right | ~tensors["step_mask"]).tolist()) / len(rows)
+    assert metrics["val/all_steps_accuracy"] == pytest.approx(whole, abs=1e-6)  # this one is per completion

@@ -82,10 +82,11 @@ class ProcessRewardModel(L.LightningModule):
         loss, metrics = step_loss(logits, tensors["step_labels"], tensors["step_mask"])
         mask = tensors["step_mask"]
         right = ((logits > 0) == (tensors["step_labels"] > 0.5)) | ~mask  # (B, K)
-        size = len(batch["records"])
-        self.log_dict({f"{split}/loss": loss, f"{split}/step_accuracy": metrics["step_accuracy"],
-                       f"{split}/all_steps_accuracy": right.all(-1).float().mean()},
-                      sync_dist=True, batch_size=size, on_epoch=True, on_step=False)
+        # the loss and step accuracy are means over steps, so the epoch weights each batch by its steps
+        self.log_dict({f"{split}/loss": loss, f"{split}/step_accuracy": metrics["step_accuracy"]},
+                      sync_dist=True, batch_size=max(1, int(mask.sum())), on_epoch=True, on_step=False)
+        self.log(f"{split}/all_steps_accuracy", right.all(-1).float().mean(), sync_dist=True,
+                 batch_size=len(batch["records"]), on_epoch=True, on_step=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
