@@ -126,3 +126,42 @@ def test_mix_seed_keeps_streams_apart():
     assert mix_seed(0) == 0 and mix_seed(1) == 1_000_003 and mix_seed(2, 3, 4) == 2 * 1_000_003 + 3 * 7919 + 4
     seeds = {mix_seed(7, counter, stream) for counter in range(100) for stream in range(50)}
     assert len(seeds) == 5000
+
+
+@pytest.fixture
+def counted_engines():
+    """rollout.engine=counted: the in-process engine, recording each one built and each close."""
+    built = []
+
+    class Counted(TorchEngine):
+        closes = 0
+
+        def close(self):
+            self.closes += 1
+
+    def factory(model, tok, **options):
+        built.append(Counted(model, tok, **options))
+        return built[-1]
+
+    register_engine("counted", factory)
+    yield built
+    ENGINES.pop("counted")
+
+
+def test_stages_and_jobs_close_every_engine_they_build(counted_engines, make_cfg, pipeline_root, tmp_path):
+    """An engine with its own weights (vLLM) holds memory until closed: a training stage closes its
+    module's engine when it ends, a job each policy's engine once it has sampled."""
+    from r1lab.train import run
+
+    metrics = run(make_cfg("stage=sft", "debug=fast", "callbacks.progress_bar=null", "rollout.engine=counted"))
+    assert "test/accuracy" in metrics and len(counted_engines) >= 1
+    assert [e.closes for e in counted_engines] == [1] * len(counted_engines)
+    counted_engines.clear()
+    metrics = run(make_cfg("stage=sft_data", f"paths.output_root={pipeline_root}", "job.limit=2", "job.sampling.k=1",
+                           "job.sampling.max_new_tokens=4", "job.filters.correct=false", f"job.out={tmp_path / 'rs'}",
+                           "job.device=cpu", "rollout.engine=counted"))
+    assert metrics["rejection/samples"] == 2 and [e.closes for e in counted_engines] == [1]
+    counted_engines.clear()
+    run(make_cfg("stage=preferences", f"paths.output_root={pipeline_root}", "job.limit=2", "job.k=2",
+                 "job.max_new_tokens=4", f"job.out={tmp_path / 'prefs'}", "job.device=cpu", "rollout.engine=counted"))
+    assert len(counted_engines) == 3 and [e.closes for e in counted_engines] == [1, 1, 1]  # three policies

@@ -118,14 +118,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(_flat(cfg))
 
-    if cfg.get("train"):
-        log.info("Training")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.get("test"):
-        log.info("Testing the trained weights (the exported ones: callbacks.hf_export.weights) on the test split")
-        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else cfg.get("ckpt_path"))
-        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    try:
+        if cfg.get("train"):
+            log.info("Training")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            log.info("Testing the trained weights (the exported ones: callbacks.hf_export.weights) on the test split")
+            trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.get("train") else cfg.get("ckpt_path"))
+            metrics |= {k: float(v) for k, v in trainer.callback_metrics.items()}
+    finally:  # a sweep's runs share the process: each frees its engine (vLLM's memory) before the next
+        if hasattr(module, "close_engine"):
+            module.close_engine()
 
     # The HParams view of TensorBoard: this run's config next to its final numbers.
     final = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")}

@@ -76,6 +76,12 @@ class RolloutEngine:
     def close(self) -> None:
         """Free what the engine holds outside the policy (none for in-process engines)."""
 
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:  # ``with load_policy(...)[1] as engine``: closed however the block ends
+        self.close()
+
 
 class TorchEngine(RolloutEngine):
     """The policy itself, in this process, through ``r1lab.generation.sampling.sample``.

@@ -266,10 +266,10 @@ class MonteCarloStepLabelsJob:
         from r1lab.jobs.base import load_policy, prompt_records
 
         records, described = prompt_records(self.source, self.split, self.prompts, self.limit)
-        _, engine = load_policy(self.policy, self.dtype, self.device, self.rollout)
-        manifest = run_mc_step_labels(engine, records, Path(self.out or output_dir), config=self.config,
-                                      policy=self.policy, data=described, template=self.template,
-                                      system_prompt=self.system_prompt, max_prompt_tokens=self.max_prompt_tokens)
+        with load_policy(self.policy, self.dtype, self.device, self.rollout)[1] as engine:
+            manifest = run_mc_step_labels(engine, records, Path(self.out or output_dir), config=self.config,
+                                          policy=self.policy, data=described, template=self.template,
+                                          system_prompt=self.system_prompt, max_prompt_tokens=self.max_prompt_tokens)
         o = manifest["overall"]
         agreement = "n/a" if o["rule_agreement"] is None else f"{o['rule_agreement']:.3f}"
         print(f"{manifest['data']}: {o['rows']} labelled completions, {o['steps']} steps, mean label "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 from r1lab.checks import check_choice, check_number
@@ -171,14 +172,18 @@ class PreferenceJob:
     def _sample(self, records: list[dict], out: Path) -> int:
         from r1lab.jobs.base import load_policy
 
-        loaded = [load_policy(p, self.dtype, self.device, self.rollout, key="job.policies") for p in self.policies]
-        vocab = loaded[0][0].tokenizer.get_vocab()
-        for path, (backbone, _) in zip(self.policies[1:], loaded[1:]):
-            if backbone.tokenizer.get_vocab() != vocab:
-                raise JobError(f"job.policies: {path} does not share the tokenizer of {self.policies[0]}")
-        return write_sampled(records, [engine for _, engine in loaded], out, policies=self.policies, k=self.k,
-                             rule=self.rule, pairs_per_prompt=self.pairs_per_prompt, seed=self.seed, view=self.view,
-                             template=self.template, system_prompt=self.system_prompt,
-                             max_prompt_tokens=self.max_prompt_tokens, max_new_tokens=self.max_new_tokens,
-                             temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
-                             force=self.force)
+        with ExitStack() as engines:  # every policy's engine is closed however sampling ends
+            loaded = []
+            for p in self.policies:
+                backbone, engine = load_policy(p, self.dtype, self.device, self.rollout, key="job.policies")
+                loaded.append((backbone, engines.enter_context(engine)))
+            vocab = loaded[0][0].tokenizer.get_vocab()
+            for path, (backbone, _) in zip(self.policies[1:], loaded[1:]):
+                if backbone.tokenizer.get_vocab() != vocab:
+                    raise JobError(f"job.policies: {path} does not share the tokenizer of {self.policies[0]}")
+            return write_sampled(records, [engine for _, engine in loaded], out, policies=self.policies, k=self.k,
+                                 rule=self.rule, pairs_per_prompt=self.pairs_per_prompt, seed=self.seed,
+                                 view=self.view, template=self.template, system_prompt=self.system_prompt,
+                                 max_prompt_tokens=self.max_prompt_tokens, max_new_tokens=self.max_new_tokens,
+                                 temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
+                                 force=self.force)

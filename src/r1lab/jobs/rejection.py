@@ -355,11 +355,11 @@ class RejectionJob:
         from r1lab.jobs.base import load_policy, prompt_records
 
         records, described = prompt_records(self.source, self.split, self.prompts, self.limit)
-        backbone, engine = load_policy(self.policy, self.dtype, self.device, self.rollout)
-        manifest = run_rejection(engine, records, Path(self.out or output_dir), policy=self.policy, data=described,
-                                 version=self.version, sampling=self.sampling, selection=self.selection,
-                                 filters=self.filters, prompt_format=self.prompt_format, extra=self.extra,
-                                 progress=self.progress)
+        with load_policy(self.policy, self.dtype, self.device, self.rollout)[1] as engine:
+            manifest = run_rejection(engine, records, Path(self.out or output_dir), policy=self.policy,
+                                     data=described, version=self.version, sampling=self.sampling,
+                                     selection=self.selection, filters=self.filters, prompt_format=self.prompt_format,
+                                     extra=self.extra, progress=self.progress)
         o = manifest["overall"]
         print(f"{manifest['data']}: {o['rows']} rows ({o['written']} sampled + {o['extra_rows']} extra) from "
               f"{o['prompts']} prompts; pass rate {o['pass_rate']:.3f}, keep rate {o['keep_rate']:.3f}, "

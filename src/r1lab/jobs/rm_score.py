@@ -54,7 +54,8 @@ def score_policies(reward_model: str, policies: list[str], records: list[dict], 
     for policy in policies:
         backbone, engine = load_policy(policy, rollout=rollout, key="job.policies")
         tok = Tokenized(backbone.tokenizer, fmt.template, fmt.max_prompt_tokens, max_new_tokens, fmt.system_prompt)
-        texts = policy_samples(engine, records, tok, params, k, seed)
+        with engine:  # one policy's engine at a time
+            texts = policy_samples(engine, records, tok, params, k, seed)
         scores = scorer.raw_scores(prompts, texts).double()
         correct = torch.tensor(score_completions(prompts, texts, references)["accuracy"]) > 0.5
         per_prompt = scores.view(len(records), k).mean(1)

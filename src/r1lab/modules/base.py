@@ -154,6 +154,13 @@ class PolicyModule(FiniteSteps, L.LightningModule):
             self._engine = make_engine(self.rollout_cfg, self.policy, self.tokenizer)
         return self._engine
 
+    def close_engine(self) -> None:
+        """Free the rollout engine (an engine with its own weights, vLLM, holds memory and a process group
+        until closed); the next use builds a new one. ``r1lab.train`` calls it when a stage ends."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("module.optimizer is not set")
