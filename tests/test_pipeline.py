@@ -122,12 +122,18 @@ def test_micro_pipeline_runs_end_to_end_with_a_full_results_table(tmp_path, caps
     # each stage's gain over the stage it started from, paired by prompt: over the same test prompts
     # the mean of the paired differences is the difference of the two accuracies
     gain_table = table.split("| gain ± s.e. |")[1].split("\n\n")[0]
-    gains = {r.split("|")[1].strip(): r.split("|")[2:5] for r in gain_table.splitlines()
-             if r.startswith("| ") and "---" not in r}
-    assert {k: v[0].strip() for k, v in gains.items()} == {
-        "r1_zero": "base", "sft": "base", "grpo": "sft", "sft2": "base", "grpo_rm": "sft2"}
-    acc = {s: json.loads((root / s / "metrics.json").read_text())["test/accuracy"] for s in ("sft", "grpo")}
-    assert float(gains["grpo"][2].split("±")[0]) == pytest.approx(acc["grpo"] - acc["sft"], abs=1e-3)
+    gains = {}
+    for r in gain_table.splitlines():
+        if r.startswith("| ") and "---" not in r:
+            cells = [c.strip() for c in r.split("|")[1:5]]
+            gains[(cells[0], cells[1])] = cells[3]
+    # sft2 starts from base again; tiny.yaml's compare_to also measures it against sft and grpo
+    assert list(gains) == [("r1_zero", "base"), ("sft", "base"), ("grpo", "sft"), ("sft2", "base"),
+                           ("sft2", "sft (compared)"), ("sft2", "grpo (compared)"), ("grpo_rm", "sft2")]
+    acc = {s: json.loads((root / s / "metrics.json").read_text())["test/accuracy"] for s in ("sft", "grpo", "sft2")}
+    assert float(gains[("grpo", "sft")].split("±")[0]) == pytest.approx(acc["grpo"] - acc["sft"], abs=1e-3)
+    assert float(gains[("sft2", "grpo (compared)")].split("±")[0]) == pytest.approx(acc["sft2"] - acc["grpo"],
+                                                                                    abs=1e-3)
     rows = [json.loads(line) for line in (root / "grpo" / "test_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and sum(r["accuracy"] for r in rows) / 8 == pytest.approx(acc["grpo"], abs=1e-6)
     # a second run skips everything
