@@ -197,14 +197,14 @@ def gain_lines(root: Path, stages: list[str], compare_to: dict[str, list[str]] |
         after = predictions(root / name)
         if after is None:
             continue
+        acc = sum(after.values()) / len(after)
+        se_acc = (acc * (1 - acc) / len(after)) ** 0.5
         source = started_from(root / name, stages)
         for other in dict.fromkeys([*([source] if source else []), *(compare_to or {}).get(name, [])]):
             before = predictions(root / other)
             if before is None:
                 continue
             gain, se, n = paired_gain(after, before)
-            acc = sum(after.values()) / len(after)
-            se_acc = (acc * (1 - acc) / len(after)) ** 0.5
             label = other if other == source else f"{other} (compared)"
             rows.append(f"| {name} | {label} | {acc:.3f} ± {se_acc:.3f} | {gain:+.3f} ± {se:.3f} | {n} |")
     if not rows:
