@@ -73,6 +73,19 @@ def test_a_killed_grpo_run_resumes_with_the_same_metrics(pipeline_root, tmp_path
 
 
 @pytest.mark.slow
+def test_a_killed_bf16_grpo_run_resumes_with_the_same_metrics(pipeline_root, tmp_path):
+    """The same under bf16 autocast (the smol pipeline's GRPO setting): the resumed run's rollouts, losses
+    and final weights are those of the uninterrupted one."""
+    args = ["stage=grpo", "debug=fast", "callbacks.progress_bar=null", f"paths.output_root={pipeline_root}",
+            "data.source.sizes={train:32,val:4,test:4}", "data.batch_size=4", "module.group_size=2",
+            "module.max_new_tokens=8", "trainer.max_steps=6", "trainer.val_check_interval=3",
+            "trainer.log_every_n_steps=1", "callbacks.last_checkpoint.every_n_train_steps=2", "test=false",
+            "trainer.precision=bf16-mixed"]
+    whole, killed = _kill_and_resume(args, tmp_path, kill_at=3)
+    assert _same_metrics(whole, killed) >= 10
+
+
+@pytest.mark.slow
 def test_a_killed_grpo_run_with_dynamic_sampling_and_step_rewards_resumes_with_the_same_metrics(pipeline_root,
                                                                                                  tmp_path):
     """Dynamic sampling draws its extra prompts from the step's own loader batch and process supervision
